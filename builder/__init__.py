@@ -1,0 +1,3 @@
+"""ccbuild: measured-boot guest builder for confidential Kata Containers."""
+
+__version__ = "0.1.0"

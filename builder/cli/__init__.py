@@ -1,0 +1,65 @@
+"""Command-line front end: argparse only. Every verb module defines ``register(subparsers)``
+which adds its parser and sets ``func`` to a function ``(args) -> int`` that calls the library.
+
+Errors are one line on stderr (``ccbuild: error: ...``), exit 2 for bad input, 1 for a failed
+check; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from builder import __version__
+from builder.errors import CCBuildError, EXIT_BAD_INPUT
+
+# One module per verb (or verb group) under builder/cli/. Extend, don't rename.
+VERB_MODULES = [
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our exit code (2) and one-line errors."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(EXIT_BAD_INPUT, f"ccbuild: error: {message}; see '{self.prog} --help'\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ccbuild", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"ccbuild {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="echo external commands")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug
+    try:
+        from builder import log
+        log.configure(verbose=args.verbose, debug=debug)
+        return int(args.func(args) or 0)
+    except CCBuildError as e:
+        if debug:
+            raise
+        print(f"ccbuild: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("ccbuild: error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
