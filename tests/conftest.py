@@ -16,3 +16,28 @@ def vectors() -> Path:
     if not VECTORS.is_dir():
         pytest.skip("../shared/vectors is absent (a plain clone outside the workspace)")
     return VECTORS
+
+
+@pytest.fixture(scope="session")
+def store():
+    """The shared download/build cache (CCBUILD_CACHE, default ~/.cache/ccbuild), reused across runs."""
+    from builder.store import Store
+    return Store.open()
+
+
+@pytest.fixture(scope="session")
+def debian_file(store):
+    """``debian_file(package, version, suite, member) -> bytes``: a file from a real Debian
+    package, downloaded once through the private apt configuration into the cache."""
+    from builder.sources.debian import deb_member, fetch_deb
+
+    cache: dict = {}
+
+    def get(package: str, version: str, suite: str, member: str) -> bytes:
+        k = (package, version, suite, member)
+        if k not in cache:
+            path, _ = fetch_deb(store, package, version, suite)
+            cache[k] = deb_member(path, member)
+        return cache[k]
+
+    return get

@@ -1,0 +1,39 @@
+"""Running external tools: argument lists only, echoed with --verbose, output captured to a log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from builder import log
+from builder.errors import CCBuildError
+
+
+def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | None = None,
+        log_path: Path | None = None, what: str | None = None, check: bool = True,
+        input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run ``argv``; on failure raise a one-line CCBuildError naming the command (and the log).
+
+    Output is captured (appended to ``log_path`` when given) and returned."""
+    args = [str(a) for a in argv]
+    log.echo_command(args)
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    try:
+        cp = subprocess.run(args, cwd=cwd, env=full_env, input=input,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except FileNotFoundError:
+        raise CCBuildError(f"{args[0]} is not installed", what or args[0],
+                           "run 'make deps' (scripts/install-deps)") from None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as f:
+            f.write(b"+ " + " ".join(args).encode() + b"\n" + cp.stdout)
+    if check and cp.returncode != 0:
+        tail = cp.stdout.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        where = f"log: {log_path}" if log_path else None
+        raise CCBuildError(f"{what or args[0]} failed (exit {cp.returncode}): {tail[0][:200]}", where)
+    return cp
