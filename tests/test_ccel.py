@@ -43,6 +43,12 @@ def test_real_log_replays_to_the_quote_rtmrs(vectors, real_log):
     assert expected[3] == bytes(48)  # nothing extended RTMR3 on that TD
 
 
+def test_real_log_replays_to_quote_rtmrs_via_quote_parser(vectors, real_log):
+    from builder.formats import tdx_quote
+    q = tdx_quote.parse_quote((vectors / GO_TDX / "cos-113-tdx-quote.dat").read_bytes())
+    assert ccel.parse_event_log(real_log).replay() == q.body.rtmrs
+
+
 def test_real_log_structure(real_log):
     log = ccel.parse_event_log(real_log)
     assert log.spec_id.algorithms == (ccel.Algorithm(ccel.TPM_ALG_SHA384, 48),)
