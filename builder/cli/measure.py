@@ -6,6 +6,7 @@ import importlib
 
 # One module per platform under builder/cli/, each with ``register(subparsers)``.
 PLATFORM_MODULES: list[str] = [
+    "builder.cli.measure_snp",
 ]
 
 

@@ -254,6 +254,15 @@ def launch_digest(fw: bytes, p: SnpParams) -> bytes:
     return measure(fw, p).launch_digest
 
 
+def measure_firmware_only(fw: bytes) -> SnpMeasurement:
+    """Mode ``snp:ovmf-hash``: the digest after the firmware pages, for a firmware that an SNP
+    guest can launch from (refused without SEV metadata)."""
+    fwi = _inspect(fw)
+    g = _Gctx()
+    g.normal_pages(fwi.gpa, fw, "firmware")
+    return SnpMeasurement(g.ld, tuple(g.ops))
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 def snp_matrix(fw: bytes, hashes: KernelHashes | None, vcpus: list[int], vcpu_types: list[str],

@@ -1,0 +1,143 @@
+"""`ccbuild measure snp`: the SEV-SNP launch digest of a firmware (+ kernel, initrd, cmdline)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+from builder.errors import CCBuildError
+from builder.measure.cpu import cpu_signature, decode_signature, supported_vcpu_types, vcpu_type
+from builder.measure.sev_hashes import KernelHashes
+from builder.measure.snp import SnpParams, measure, measure_firmware_only
+from builder.measure.vmsa import Vmm
+
+MODES = ("snp", "snp:ovmf-hash")
+
+
+def int_arg(text: str) -> int:
+    """An integer in any base Python accepts (0x1, 33, 0b100001)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise CCBuildError(f"{text!r} is not an integer", hint="write e.g. 0x21 or 33") from None
+
+
+def read_input(path: str | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CCBuildError(f"cannot read {option} {path}: {e.strerror or e}") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("snp", help="SEV-SNP launch digest",
+                       description="Print the SEV-SNP launch digest (MEASUREMENT) of a launch.")
+    p.add_argument("--firmware", required=True, metavar="F", help="the single -bios OVMF image")
+    p.add_argument("--kernel", metavar="K", help="kernel file (QEMU -kernel, kernel-hashes=on)")
+    p.add_argument("--initrd", metavar="I", help="initrd file (QEMU -initrd)")
+    p.add_argument("--append", metavar="STR", help="the final kernel command line (QEMU -append)")
+    p.add_argument("--vcpus", type=int, metavar="N", help="number of vCPUs")
+    cpu = p.add_mutually_exclusive_group()
+    cpu.add_argument("--vcpu-type", metavar="T", help="QEMU CPU model: "
+                     + ", ".join(supported_vcpu_types()))
+    cpu.add_argument("--vcpu-sig", metavar="S", help="CPUID Fn0000_0001_EAX signature")
+    cpu.add_argument("--vcpu-family", metavar="F", help="vCPU family (with --vcpu-model and "
+                     "--vcpu-stepping)")
+    p.add_argument("--vcpu-model", metavar="M")
+    p.add_argument("--vcpu-stepping", metavar="S")
+    p.add_argument("--vmm", default="qemu", choices=[v.value for v in Vmm])
+    p.add_argument("--guest-features", default="0x1", metavar="0x1",
+                   help="SEV_FEATURES of the VMSAs (0x1; 0x21 when the host enables DebugSwap)")
+    p.add_argument("--mode", default="snp", choices=MODES,
+                   help="snp: the launch digest; snp:ovmf-hash: only the firmware part")
+    p.add_argument("--ovmf-hash", metavar="HEX",
+                   help="start from this firmware-only digest instead of hashing the firmware")
+    p.add_argument("--format", default="hex", choices=("hex", "base64"))
+    p.add_argument("--json", action="store_true",
+                   help="print the full record: inputs, parameters, page-operation transcript")
+    p.set_defaults(func=run)
+
+
+def _vcpu(args) -> tuple[str | None, int]:
+    model_args = (args.vcpu_model, args.vcpu_stepping)
+    if args.vcpu_family is not None:
+        if None in model_args:
+            raise CCBuildError("--vcpu-family needs --vcpu-model and --vcpu-stepping")
+        return None, cpu_signature(int_arg(args.vcpu_family), int_arg(args.vcpu_model),
+                                   int_arg(args.vcpu_stepping))
+    if any(a is not None for a in model_args):
+        raise CCBuildError("--vcpu-model and --vcpu-stepping go with --vcpu-family")
+    if args.vcpu_type is not None:
+        t = vcpu_type(args.vcpu_type)
+        return t.name, t.signature
+    if args.vcpu_sig is not None:
+        sig = int_arg(args.vcpu_sig)
+        decode_signature(sig)  # range check
+        return None, sig
+    raise CCBuildError("missing vCPU identity",
+                       hint="give --vcpu-type, --vcpu-sig or --vcpu-family/--vcpu-model/--vcpu-stepping")
+
+
+def _file_record(data: bytes | None) -> dict | None:
+    if data is None:
+        return None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def run(args) -> int:
+    fw = read_input(args.firmware, "--firmware")
+    kernel = read_input(args.kernel, "--kernel")
+    initrd = read_input(args.initrd, "--initrd")
+    if kernel is None and (initrd is not None or args.append is not None):
+        raise CCBuildError("--initrd and --append need --kernel",
+                           hint="QEMU measures them only with a kernel")
+    params_record: dict = {"mode": args.mode}
+    if args.mode == "snp:ovmf-hash":
+        if kernel is not None or args.ovmf_hash is not None:
+            raise CCBuildError("mode snp:ovmf-hash measures the firmware alone",
+                               hint="drop --kernel/--initrd/--append/--ovmf-hash")
+        result = measure_firmware_only(fw)
+    else:
+        if args.vcpus is None:
+            raise CCBuildError("missing --vcpus N")
+        name, sig = _vcpu(args)
+        seed = None
+        if args.ovmf_hash is not None:
+            try:
+                seed = bytes.fromhex(args.ovmf_hash)
+            except ValueError:
+                raise CCBuildError("--ovmf-hash is not hex") from None
+        hashes = KernelHashes.of(kernel, initrd, args.append) if kernel is not None else None
+        params = SnpParams(vcpus=args.vcpus, vcpu_sig=sig, vmm=Vmm.parse(args.vmm),
+                           guest_features=int_arg(args.guest_features), kernel_hashes=hashes,
+                           ovmf_hash=seed)
+        result = measure(fw, params)
+        cpuid = decode_signature(sig)
+        params_record.update(
+            vcpus=params.vcpus, vcpu_type=name, vcpu_sig=f"0x{sig:x}",
+            vcpu_family=cpuid.family, vcpu_model=cpuid.model, vcpu_stepping=cpuid.stepping,
+            vmm=params.vmm.value, guest_features=f"0x{params.guest_features:x}",
+            ovmf_hash=args.ovmf_hash.lower() if args.ovmf_hash else None)
+    digest = result.launch_digest
+    value = digest.hex() if args.format == "hex" else base64.b64encode(digest).decode()
+    if not args.json:
+        print(value)
+        return 0
+    record = {
+        "platform": "snp",
+        "launch_digest": digest.hex(),
+        "value": value,
+        "format": args.format,
+        "inputs": {"firmware": _file_record(fw), "kernel": _file_record(kernel),
+                   "initrd": _file_record(initrd), "append": args.append,
+                   "cmdline_sha256": (hashlib.sha256((args.append or "").encode() + b"\0")
+                                      .hexdigest() if kernel is not None else None)},
+        "parameters": params_record,
+        "transcript": [op.as_dict() for op in result.transcript],
+    }
+    print(json.dumps(record, indent=2))
+    return 0
