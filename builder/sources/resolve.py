@@ -47,7 +47,13 @@ def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
         from builder.sources.debian import deb_member, fetch_deb
         deb, digest = fetch_deb(opts.store, src.debian, src.version, src.suite, src.sha256,
                                 offline=opts.offline)
-        data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
+        key = f"{digest}:{src.member}"
+        ref = opts.store.get_ref("deb-member", key)
+        if ref and opts.store.has(ref["sha256"]):
+            data = opts.store.get_bytes(ref["sha256"], f"{src.debian}:{src.member}")
+        else:
+            data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
+            opts.store.set_ref("deb-member", key, {"sha256": opts.store.put_bytes(data)})
         return Resolved("debian", src.debian, src.version, digest, data)
     if src.path:
         from builder.sources.path import read_path

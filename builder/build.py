@@ -1,0 +1,235 @@
+"""`ccbuild build`: recipe -> pinned inputs -> stages -> measurements -> OUT.
+
+Each stage is cached in the store by the hash of everything it consumes, so a rebuild with
+nothing changed only re-reads verified blobs, recomputes the (cheap) initrd and measurements,
+finds OUT identical and leaves it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder import __version__, log
+from builder.emit.manifest import dumps, make_manifest, sha256sums
+from builder.emit.outdir import write_outdir
+from builder.errors import CCBuildError
+from builder.recipe import LoadedRecipe, expand_vcpus, load_recipe
+from builder.sources.resolve import ResolveOptions, Resolved, resolve
+from builder.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path | None = None
+    overrides: tuple[str, ...] = ()
+    offline: bool = False
+    locked: bool = False
+    force: bool = False
+    store_root: Path | None = None
+    jobs: int = 0                 # 0: all cores
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    name: str
+    platform: str
+    files: dict[str, bytes]
+    manifest: dict
+    measurements: dict
+    up_to_date: bool
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"out": str(self.out), "name": self.name, "platform": self.platform,
+                "up_to_date": self.up_to_date,
+                "outputs": self.manifest["outputs"],
+                "chain": self.manifest["chain"],
+                "timings": {k: round(v, 3) for k, v in self.timings}}
+
+
+@dataclass
+class _Ctx:
+    lr: LoadedRecipe
+    store: Store
+    opts: ResolveOptions
+    jobs: int
+    inputs: list[dict] = field(default_factory=list)
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, r: Resolved, role: str) -> Resolved:
+        self.inputs.append(r.record(role))
+        return r
+
+
+# -- stages --------------------------------------------------------------------------------------
+def _firmware(c: _Ctx) -> bytes:
+    from builder.stages import firmware as fws
+    fw = c.lr.recipe.firmware
+    if fw.source is not None:
+        data = c.add(resolve(fw.source, c.opts, "firmware.source"), "firmware").data
+    else:
+        desc_path = c.lr.resolve(fw.build)
+        desc = fws.load_descriptor(desc_path, display=fw.build)
+        from builder.sources.debian import fetch_source
+        tarballs = fetch_source(c.store, desc.source.package, desc.source.version,
+                                desc.source.suite, desc.source.files, offline=c.opts.offline)
+        for name in sorted(tarballs):
+            c.inputs.append({"role": "firmware-source", "kind": "debian-source",
+                             "name": name, "version": desc.source.version,
+                             "sha256": desc.source.files.get(name) or _sha(tarballs[name])})
+        key = fws.cache_key(desc, {n: desc.source.files[n] for n in tarballs})
+        ref = c.store.get_ref("firmware-build", key)
+        if ref and c.store.has(ref["sha256"]):
+            data = c.store.get_bytes(ref["sha256"], f"firmware build {desc.name}")
+        else:
+            if c.opts.offline and c.opts.locked:
+                pass  # building from stored sources needs no network
+            work = c.store.tmpdir()
+            try:
+                data = fws.build_edk2(desc, tarballs, work, c.store.log_path(f"edk2-{desc.name}"),
+                                      jobs=c.jobs)
+            finally:
+                import shutil
+                shutil.rmtree(work, ignore_errors=True)
+            c.store.set_ref("firmware-build", key, {"sha256": c.store.put_bytes(data)})
+        c.inputs.append({"role": "firmware", "kind": "build", "name": desc.name,
+                         "version": desc.dsc, "sha256": hashlib.sha256(data).hexdigest()})
+    fws.check_firmware(c.lr.recipe.platform, data, where="firmware")
+    return data
+
+
+def _kernel(c: _Ctx) -> bytes:
+    from builder.stages.kernel import check_kernel_for_platform, inspect_kernel
+    r = c.add(resolve(c.lr.recipe.kernel.source, c.opts, "kernel.source"), "kernel")
+    info = inspect_kernel(r.data, "kernel.source")
+    check_kernel_for_platform(info, c.lr.recipe.platform, "kernel.source")
+    return r.data
+
+
+def _agent(c: _Ctx) -> bytes:
+    from builder.stages import agent as ag
+    a = c.lr.recipe.agent
+    if a.source is not None:
+        r = c.add(resolve(a.source, c.opts, "agent.source"), "agent")
+        return ag.pinned_agent(r.data, r.data_sha256, "agent").data
+    src = ag.default_source()
+    cc = ag.find_compiler()
+    toolchain = ag.toolchain_identity(cc)
+    key = hashlib.sha256(json.dumps([src.read_bytes().hex(), list(ag.CFLAGS), toolchain,
+                                     __version__]).encode()).hexdigest()
+    ref = c.store.get_ref("agent-build", key)
+    if ref and c.store.has(ref["sha256"]):
+        data = c.store.get_bytes(ref["sha256"], "test agent build")
+    else:
+        work = c.store.tmpdir()
+        try:
+            data = ag.build_test_agent(src, work, c.store.log_path("test-agent"),
+                                       compiler=cc).data
+        finally:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+        c.store.set_ref("agent-build", key, {"sha256": c.store.put_bytes(data)})
+    c.inputs.append({"role": "agent", "kind": "build", "name": "ccbuild-test-agent",
+                     "version": f"{__version__} ({toolchain})",
+                     "sha256": hashlib.sha256(data).hexdigest()})
+    return data
+
+
+def _initrd(c: _Ctx, agent: bytes) -> bytes:
+    from builder.stages import initrd as ini
+    spec_r = c.lr.recipe.initrd
+    files = []
+    for i, f in enumerate(spec_r.files):
+        if f.source is not None:
+            data = c.add(resolve(f.source, c.opts, f"initrd.files[{i}].source"),
+                         f"initrd:{f.path}").data
+        else:
+            data = f.content.encode()
+        files.append(ini.File(f.path, data, f.mode))
+    spec = ini.InitrdSpec(agent=agent, compression=spec_r.compression, files=tuple(files),
+                          symlinks=tuple(ini.Symlink(s.path, s.target) for s in spec_r.symlinks),
+                          dirs=ini.DEFAULT_DIRS + tuple(ini.Dir(d) for d in spec_r.dirs))
+    return ini.build_initrd(spec, c.lr.recipe.source_date_epoch)
+
+
+def _cmdline(c: _Ctx) -> str:
+    from builder.stages.cmdline import render_cmdline
+    r = c.lr.recipe
+    return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name})
+
+
+def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes, cmdline: str) -> dict:
+    from builder.measure.build import measure_recipe
+    return measure_recipe(c.lr, fw, kernel, initrd, cmdline)
+
+
+def _sha(p: Path) -> str:
+    from builder.store import sha256_file
+    return sha256_file(p)
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> BuildResult:
+    t0 = time.monotonic()
+    lr = load_recipe(recipe_path, list(options.overrides), locked=options.locked)
+    store = Store.open(options.store_root)
+    out = Path(options.out) if options.out else Path("out") / lr.name
+    c = _Ctx(lr, store, ResolveOptions(store, lr.path.parent, options.offline, options.locked),
+             options.jobs or os.cpu_count() or 1)
+    with log.step("firmware", c.timings):
+        fw = _firmware(c)
+    with log.step("kernel", c.timings):
+        kernel = _kernel(c)
+    with log.step("agent", c.timings):
+        agent = _agent(c)
+    with log.step("initrd", c.timings):
+        initrd = _initrd(c, agent)
+    with log.step("cmdline", c.timings):
+        cmdline = _cmdline(c)
+    with log.step("measure", c.timings):
+        measurements = _measure(c, fw, kernel, initrd, cmdline)
+
+    artifacts = {"firmware.fd": fw, "vmlinuz": kernel, "initrd.img": initrd,
+                 "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
+    chain = {"firmware": _h(fw), "kernel": _h(kernel), "initrd": _h(initrd),
+             "cmdline": _h(cmdline.encode()), "agent": _h(agent)}
+    build_key = hashlib.sha256(dumps([lr.digest, c.inputs, __version__])).hexdigest()
+    manifest = make_manifest(name=lr.name, platform=lr.recipe.platform,
+                             recipe_sha256=_h(lr.text), recipe_digest=lr.digest,
+                             source_date_epoch=lr.recipe.source_date_epoch, inputs=c.inputs,
+                             outputs=artifacts, chain=chain, build_key=build_key)
+    files = dict(artifacts)
+    files["manifest.json"] = dumps(manifest)
+    files["SHA256SUMS"] = sha256sums(files)
+    up_to_date = _same_as_disk(out, files)
+    with log.step("write", c.timings):
+        if not up_to_date:
+            write_outdir(out, files, force=options.force)
+    c.timings.append(("total", time.monotonic() - t0))
+    return BuildResult(out, lr.name, lr.recipe.platform, files, manifest, measurements,
+                       up_to_date, c.timings)
+
+
+def _h(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _same_as_disk(out: Path, files: dict[str, bytes]) -> bool:
+    try:
+        present = {p.name for p in out.iterdir()}
+    except OSError:
+        return False
+    if present != set(files):
+        return False
+    try:
+        return all((out / n).read_bytes() == b for n, b in files.items())
+    except OSError:
+        return False
