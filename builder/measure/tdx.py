@@ -1,0 +1,218 @@
+"""TDX launch measurements: MRTD and RTMR0-3 with the expected event log.
+
+Pure functions over bytes plus one frozen :class:`TdxParams`; callers read files (the profile
+loader in :mod:`builder.measure.tdx_profile` turns a VMM profile into TdxParams).
+
+Event order follows EDK2 OvmfPkg (TdTcg2Dxe, TdxHelperLib, QemuKernelLoaderFsDxe, AcpiPlatformDxe)
+for a direct kernel boot under QEMU:
+
+- RTMR0: TD HOB (EV_EFI_HANDOFF_TABLES2), CFV (EV_EFI_PLATFORM_FIRMWARE_BLOB2), SecureBoot, PK,
+  KEK, db, dbx (+ dbt when present) as EV_EFI_VARIABLE_DRIVER_CONFIG, separator, the ACPI fw_cfg
+  blobs (EV_PLATFORM_CONFIG_FLAGS "ACPI DATA"), extra events of newer OVMF declared by the
+  profile, BootOrder and each Boot#### (EV_EFI_VARIABLE_BOOT).
+- RTMR1: kernel Authenticode (EV_EFI_BOOT_SERVICES_APPLICATION), "Calling EFI Application from
+  Boot Option", separator, "Exit Boot Services Invocation", "... Returned with Success".
+- RTMR2: Linux EFI stub (>= 6.9): LoadOptions, then the initrd (EV_EVENT_TAG).
+- RTMR3: only runtime events the profile declares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field, replace
+
+from builder.errors import CCBuildError
+from builder.formats.pe import authenticode_digest
+from builder.formats.tdvf import SectionType, TdvfMetadata, parse_tdvf_metadata
+from builder.formats.varstore import parse_varstore
+from builder.measure import rtmr as rtmr_mod
+from builder.measure.linux_setup import QEMU_ACPI_DATA_SIZE, qemu_patch_setup_header
+from builder.measure.tdx_events import (
+    CALLING_EFI_APPLICATION, EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE,
+    EXIT_BOOT_SERVICES_INVOCATION, EXIT_BOOT_SERVICES_SUCCEEDED, Event, EventType,
+    efi_action_digest, kernel_load_options, ovmf_uiapp_boot_option, separator_digest, sha384,
+    variable_boot_digest, variable_driver_config_digest)
+from builder.measure.tdx_hob import td_hob
+from builder.measure.tdx_mrtd import PageAddOrder, mrtd, mrtd_summary
+
+ACPI_BLOB_NAMES = ("etc/table-loader", "etc/acpi/rsdp", "etc/acpi/tables")
+# EDK2 SecurityPkg/Include/Guid/AuthenticatedVariableFormat.h: gEfiSecureBootEnableDisableGuid
+SECURE_BOOT_ENABLE_GUID = uuid.UUID("f0a30bc7-af08-4556-99c4-001009c93a44")
+
+
+@dataclass(frozen=True)
+class TdxParams:
+    """Every version-dependent choice, named. Defaults: upstream KVM + QEMU >= 10.1, EDK2 >=
+    stable202508, no VMM profile (RTMR0 unknown)."""
+
+    page_add_order: PageAddOrder = PageAddOrder.INTERLEAVED
+    memory: int = 2 << 30
+    qemu_setup_header_patch: bool = False
+    acpi_data_size: int = QEMU_ACPI_DATA_SIZE
+    load_options_initrd_first: bool = True
+    secure_boot_feature: bool = True
+    # RTMR0 needs the VMM's ACPI blobs (table-loader, rsdp, tables, in measuring order).
+    acpi_blobs: tuple[bytes, ...] | None = None
+    boot_order: tuple[int, ...] = (0,)
+    boot_options: tuple[tuple[int, bytes], ...] = ((0, ovmf_uiapp_boot_option()),)
+    extra_rtmr0_events: tuple[Event, ...] = ()
+    runtime_events: tuple[Event, ...] = ()
+    profile: str | None = None
+    rtmr0_missing: str = "no VMM profile given"
+    knobs: tuple[tuple[str, object], ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class TdxResult:
+    mrtd: bytes
+    rtmr: tuple[bytes | None, bytes | None, bytes | None, bytes]
+    reasons: dict
+    events: tuple[Event, ...]
+    summary: list
+
+
+def _secure_boot_events(cfv: bytes, params: TdxParams) -> list[Event]:
+    names = [(EFI_GLOBAL_VARIABLE, "SecureBoot"), (EFI_GLOBAL_VARIABLE, "PK"),
+             (EFI_GLOBAL_VARIABLE, "KEK"), (EFI_IMAGE_SECURITY_DATABASE, "db"),
+             (EFI_IMAGE_SECURITY_DATABASE, "dbx")]
+    events = []
+    if not params.secure_boot_feature:
+        # Firmware built without SECURE_BOOT_ENABLE: no variable exists, each is measured
+        # with an empty VariableData (TdTcg2Dxe ReadAndMeasureVariable, EFI_NOT_FOUND case).
+        values = {n: None for _, n in names}
+        dbt = None
+    else:
+        variables = parse_varstore(cfv, "CFV")
+        store = {k[1]: v.data for k, v in variables.items()
+                 if k[0] in (EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE)}
+        sbe = variables.get((SECURE_BOOT_ENABLE_GUID, "SecureBootEnable"))
+        # AuthVariableLib: user mode (PK enrolled) + SecureBootEnable (default enabled) -> 1.
+        enabled = "PK" in store and (sbe is None or sbe.data[:1] != b"\x00")
+        values = {"SecureBoot": b"\x01" if enabled else b"\x00",
+                  **{n: store.get(n) for _, n in names[1:]}}
+        dbt = store.get("dbt")
+    for vendor, name in names:
+        events.append(Event(0, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, name,
+                            variable_driver_config_digest(vendor, name, values[name])))
+    if dbt is not None:
+        events.append(Event(0, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, "dbt",
+                            variable_driver_config_digest(EFI_IMAGE_SECURITY_DATABASE, "dbt",
+                                                          dbt)))
+    return events
+
+
+def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event]:
+    if params.acpi_blobs is None:
+        raise ValueError(params.rtmr0_missing)
+    cfvs = meta.of_type(SectionType.CFV)
+    if not cfvs:
+        raise ValueError("the firmware's TDVF metadata has no CFV section")
+    cfv = fw[cfvs[0].data_offset:cfvs[0].data_offset + cfvs[0].raw_size]
+    ev = [Event(0, EventType.EV_EFI_HANDOFF_TABLES2, "TD HOB",
+                sha384(td_hob(meta, params.memory))),
+          Event(0, EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2, "CFV", sha384(cfv))]
+    ev += _secure_boot_events(cfv, params)
+    ev.append(Event(0, EventType.EV_SEPARATOR, "separator", separator_digest()))
+    for name, blob in zip(ACPI_BLOB_NAMES, params.acpi_blobs):
+        ev.append(Event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"ACPI DATA ({name})",
+                        sha384(blob)))
+    ev += list(params.extra_rtmr0_events)
+    order = b"".join(n.to_bytes(2, "little") for n in params.boot_order)
+    ev.append(Event(0, EventType.EV_EFI_VARIABLE_BOOT, "BootOrder", variable_boot_digest(order)))
+    options = dict(params.boot_options)
+    for n in params.boot_order:
+        if n in options:
+            ev.append(Event(0, EventType.EV_EFI_VARIABLE_BOOT, f"Boot{n:04X}",
+                            variable_boot_digest(options[n])))
+    return ev
+
+
+def rtmr1_events(kernel: bytes, initrd: bytes | None, append: str | None,
+                 params: TdxParams) -> list[Event]:
+    image = kernel
+    what = "kernel (Authenticode SHA-384)"
+    if params.qemu_setup_header_patch:
+        image = qemu_patch_setup_header(kernel, append or "",
+                                        None if initrd is None else len(initrd),
+                                        params.memory, params.acpi_data_size)
+        what = "kernel with QEMU-patched setup header (Authenticode SHA-384)"
+    return [Event(1, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, what,
+                  authenticode_digest(image, "sha384")),
+            Event(1, EventType.EV_EFI_ACTION, CALLING_EFI_APPLICATION,
+                  efi_action_digest(CALLING_EFI_APPLICATION)),
+            Event(1, EventType.EV_SEPARATOR, "separator", separator_digest()),
+            Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_INVOCATION,
+                  efi_action_digest(EXIT_BOOT_SERVICES_INVOCATION)),
+            Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_SUCCEEDED,
+                  efi_action_digest(EXIT_BOOT_SERVICES_SUCCEEDED))]
+
+
+def rtmr2_events(initrd: bytes | None, append: str | None, params: TdxParams) -> list[Event]:
+    opts = kernel_load_options(append, initrd is not None, params.load_options_initrd_first)
+    text = opts.decode("utf-16-le").rstrip("\0")
+    ev = [Event(2, EventType.EV_EVENT_TAG, f"LOADED_IMAGE::LoadOptions {text!r}",
+                hashlib.sha384(opts).digest())]
+    if initrd is not None:
+        ev.append(Event(2, EventType.EV_EVENT_TAG, "Linux initrd", sha384(initrd)))
+    return ev
+
+
+def measure_tdx(fw: bytes, kernel: bytes | None, initrd: bytes | None, append: str | None,
+                params: TdxParams) -> TdxResult:
+    meta = parse_tdvf_metadata(fw)
+    if meta is None:
+        raise CCBuildError("firmware has no TDVF metadata (not a TDX firmware)", "--firmware",
+                           "use an IntelTdx/OvmfPkgX64 build with TDX support")
+    reasons: dict = {}
+    events: list[Event] = []
+    values: list[bytes | None] = [None, None, None, rtmr_mod.ZERO]
+    try:
+        ev0 = rtmr0_events(fw, meta, params)
+        values[0] = rtmr_mod.replay(e.digest for e in ev0)
+        events += ev0
+    except ValueError as e:
+        reasons["rtmr0_reason"] = str(e)
+    if kernel is not None:
+        ev1 = rtmr1_events(kernel, initrd, append, params)
+        ev2 = rtmr2_events(initrd, append, params)
+        values[1] = rtmr_mod.replay(e.digest for e in ev1)
+        values[2] = rtmr_mod.replay(e.digest for e in ev2)
+        events += ev1 + ev2
+    else:
+        reasons["rtmr1_reason"] = reasons["rtmr2_reason"] = \
+            "no kernel given: RTMR1/RTMR2 are computed for direct kernel boot only"
+    ev3 = list(params.runtime_events)
+    values[3] = rtmr_mod.replay(e.digest for e in ev3)
+    events += ev3
+    return TdxResult(mrtd=mrtd(fw, meta, params.page_add_order),
+                     rtmr=tuple(values),  # type: ignore[arg-type]
+                     reasons=reasons, events=tuple(events), summary=mrtd_summary(meta))
+
+
+def _hex(v: bytes | None) -> str | None:
+    return None if v is None else v.hex()
+
+
+def result_to_dict(r: TdxResult, params: TdxParams) -> dict:
+    """The measurements.json ``"tdx"`` record."""
+    out: dict = {"mrtd": r.mrtd.hex()}
+    for i, v in enumerate(r.rtmr):
+        out[f"rtmr{i}"] = _hex(v)
+        if f"rtmr{i}_reason" in r.reasons:
+            out[f"rtmr{i}_reason"] = r.reasons[f"rtmr{i}_reason"]
+    out["profile"] = {"name": params.profile, "page_add_order": params.page_add_order.value,
+                      **{k: v for k, v in params.knobs}}
+    out["events"] = [e.to_json() for e in r.events]
+    out["mrtd_sections"] = r.summary
+    return out
+
+
+def tdx_measurements(fw: bytes, kernel: bytes | None, initrd: bytes | None,
+                     cmdline: str | None, params: TdxParams | None = None,
+                     page_add_order: PageAddOrder | str | None = None) -> dict:
+    """Entry point for ``ccbuild build``: the measurements.json ``"tdx"`` record."""
+    params = params or TdxParams()
+    if page_add_order is not None:
+        params = replace(params, page_add_order=PageAddOrder(page_add_order))
+    return result_to_dict(measure_tdx(fw, kernel, initrd, cmdline, params), params)

@@ -1,0 +1,154 @@
+"""The events TDVF and the Linux EFI stub measure into RTMRs, and their digests.
+
+Event types and data layouts: TCG PC Client Platform Firmware Profile (PFP) spec, section 10
+(``UEFI_VARIABLE_DATA``: VariableName GUID | u64 UnicodeNameLength (characters, no NUL) | u64
+VariableDataLength | UnicodeName (UTF-16LE) | VariableData). Which bytes are hashed follows EDK2
+OvmfPkg/Tcg/TdTcg2Dxe: EV_EFI_VARIABLE_DRIVER_CONFIG hashes the whole UEFI_VARIABLE_DATA,
+EV_EFI_VARIABLE_BOOT hashes only VariableData, EV_SEPARATOR hashes the u32 0, EV_EFI_ACTION hashes
+the ASCII string without NUL.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+import uuid
+from dataclasses import dataclass
+
+
+class EventType(enum.IntEnum):
+    """TCG PFP event types (table 9) used by TDVF and Linux."""
+
+    EV_SEPARATOR = 0x4
+    EV_EVENT_TAG = 0x6
+    EV_PLATFORM_CONFIG_FLAGS = 0xA
+    EV_IPL = 0xD
+    EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+    EV_EFI_VARIABLE_BOOT = 0x80000002
+    EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+    EV_EFI_ACTION = 0x80000007
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
+    EV_EFI_HANDOFF_TABLES2 = 0x8000000B
+    EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+
+
+EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
+
+# EV_EFI_ACTION strings (TCG PFP section 10.4.4 / EDK2 MdePkg IndustryStandard/UefiTcgPlatform.h).
+CALLING_EFI_APPLICATION = "Calling EFI Application from Boot Option"
+EXIT_BOOT_SERVICES_INVOCATION = "Exit Boot Services Invocation"
+EXIT_BOOT_SERVICES_SUCCEEDED = "Exit Boot Services Returned with Success"
+
+SEPARATOR_DATA = b"\x00\x00\x00\x00"
+
+
+def sha384(data: bytes) -> bytes:
+    return hashlib.sha384(data).digest()
+
+
+def uefi_variable_data(vendor: uuid.UUID, name: str, data: bytes | None) -> bytes:
+    """Encode a UEFI_VARIABLE_DATA structure (TCG PFP 10.2.3)."""
+    data = data or b""
+    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
+            + name.encode("utf-16-le") + data)
+
+
+def separator_digest() -> bytes:
+    return sha384(SEPARATOR_DATA)
+
+
+def efi_action_digest(action: str) -> bytes:
+    return sha384(action.encode("ascii"))
+
+
+def variable_driver_config_digest(vendor: uuid.UUID, name: str, data: bytes | None) -> bytes:
+    """EV_EFI_VARIABLE_DRIVER_CONFIG: the digest covers the whole UEFI_VARIABLE_DATA."""
+    return sha384(uefi_variable_data(vendor, name, data))
+
+
+def variable_boot_digest(data: bytes) -> bytes:
+    """EV_EFI_VARIABLE_BOOT as EDK2 measures it: the digest covers VariableData only."""
+    return sha384(data)
+
+
+def variable_authority_digest(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
+    return sha384(uefi_variable_data(vendor, name, data))
+
+
+def parse_uefi_variable_data(event_data: bytes) -> tuple[uuid.UUID, str, bytes]:
+    """Split UEFI_VARIABLE_DATA into (vendor GUID, name, data). ValueError when malformed."""
+    if len(event_data) < 32:
+        raise ValueError("UEFI_VARIABLE_DATA shorter than its 32-byte header")
+    vendor = uuid.UUID(bytes_le=event_data[:16])
+    nlen, dlen = struct.unpack_from("<QQ", event_data, 16)
+    if 32 + 2 * nlen + dlen != len(event_data):
+        raise ValueError("UEFI_VARIABLE_DATA lengths do not match the event size")
+    name = event_data[32:32 + 2 * nlen].decode("utf-16-le")
+    return vendor, name, event_data[32 + 2 * nlen:]
+
+
+# --- load options -----------------------------------------------------------------------------
+
+def load_option(attributes: int, description: str, file_path: bytes,
+                optional_data: bytes = b"") -> bytes:
+    """EFI_LOAD_OPTION (UEFI spec 3.1.3): u32 Attributes | u16 FilePathListLength |
+    Description (UTF-16LE, NUL) | FilePathList | OptionalData."""
+    return (struct.pack("<IH", attributes, len(file_path))
+            + (description + "\0").encode("utf-16-le") + file_path + optional_data)
+
+
+def fv_file_device_path(fv_name: uuid.UUID, file_name: uuid.UUID) -> bytes:
+    """MEDIA_PIWG_FW_VOL_DP (4/7) + MEDIA_PIWG_FW_FILE_DP (4/6) + END (7F/FF)."""
+    return (struct.pack("<BBH", 4, 7, 20) + fv_name.bytes_le
+            + struct.pack("<BBH", 4, 6, 20) + file_name.bytes_le
+            + struct.pack("<BBH", 0x7F, 0xFF, 4))
+
+
+LOAD_OPTION_ACTIVE = 0x1
+LOAD_OPTION_HIDDEN = 0x8
+LOAD_OPTION_CATEGORY_APP = 0x100
+
+# OVMF's DXE firmware volume name (OvmfPkg/OvmfPkgX64.fdf, FvNameGuid of DXEFV) and the UiApp
+# module's FILE_GUID (MdeModulePkg/Application/UiApp/UiApp.inf).
+OVMF_DXEFV_NAME = uuid.UUID("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1")
+UIAPP_FILE_GUID = uuid.UUID("462caa21-7614-4503-836e-8ab6f4662331")
+
+
+def ovmf_uiapp_boot_option() -> bytes:
+    """The Boot0000 "UiApp" option OVMF's boot manager registers (BmRegisterBootManagerMenu)."""
+    return load_option(LOAD_OPTION_ACTIVE | LOAD_OPTION_HIDDEN | LOAD_OPTION_CATEGORY_APP,
+                       "UiApp", fv_file_device_path(OVMF_DXEFV_NAME, UIAPP_FILE_GUID))
+
+
+def kernel_load_options(append: str | None, has_initrd: bool, initrd_first: bool) -> bytes:
+    """LoadOptions OVMF hands the kernel on direct boot, as the EFI stub measures them:
+    UTF-16LE of the string plus a NUL character.
+
+    OVMF (QemuLoadImageLib) adds ``initrd=initrd`` when QEMU supplied an initrd: EDK2 up to
+    stable202505 appends it after the command line, from stable202508 on it comes first.
+    """
+    append = append or ""
+    if has_initrd:
+        if initrd_first:
+            s = "initrd=initrd" + (" " + append if append else "")
+        else:
+            s = (append + " " if append else "") + "initrd=initrd"
+    else:
+        s = append
+    return (s + "\0").encode("utf-16-le")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One expected event: which RTMR it extends, its type, a description, its digest."""
+
+    rtmr: int
+    type: EventType
+    description: str
+    digest: bytes
+
+    def to_json(self) -> dict:
+        return {"register": f"rtmr{self.rtmr}", "event_type": self.type.name,
+                "description": self.description, "digest": self.digest.hex()}
