@@ -476,3 +476,21 @@ def _pretty_type(tp) -> str:
     if dataclasses.is_dataclass(tp):
         return "mapping"
     return getattr(tp, "__name__", str(tp))
+
+
+def render_schema_doc() -> str:
+    """docs/recipe.md, generated from the schema (``python -m builder.recipe > docs/recipe.md``)."""
+    lines = ["# Recipe reference", "",
+             "Generated from `builder/recipe.py` (`python -m builder.recipe > docs/recipe.md`);",
+             "a test keeps the two in step. Paths are relative to the recipe file.",
+             "Any field can be overridden with `ccbuild build RECIPE --set path.to.field=VALUE`.",
+             "", "| field | type | default | meaning |", "|---|---|---|---|"]
+    for path, tp, default, text in schema_doc():
+        d = default if default else "(mapping)"
+        lines.append(f"| `{path}` | {tp} | `{d}` | {text} |".replace("`(mapping)`", ""))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    sys.stdout.write(render_schema_doc())

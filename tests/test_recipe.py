@@ -150,3 +150,9 @@ def test_cli_bad_recipe_exit_2_one_line_no_traceback(tmp_path, doc, expected):
     assert len(lines) == 1 and lines[0].startswith("ccbuild: error: ") and expected in lines[0]
     assert "Traceback" not in cp.stderr and cp.stdout == ""
     assert not out.exists()
+
+
+def test_docs_recipe_md_is_generated_from_the_schema():
+    from builder.recipe import render_schema_doc
+    assert (REPO / "docs" / "recipe.md").read_text() == render_schema_doc(), \
+        "run: python -m builder.recipe > docs/recipe.md"
