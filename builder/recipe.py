@@ -487,6 +487,7 @@ def render_schema_doc() -> str:
              "", "| field | type | default | meaning |", "|---|---|---|---|"]
     for path, tp, default, text in schema_doc():
         d = default if default else "(mapping)"
+        tp = tp.replace(" | ", " or ")
         lines.append(f"| `{path}` | {tp} | `{d}` | {text} |".replace("`(mapping)`", ""))
     return "\n".join(lines) + "\n"
 
