@@ -7,6 +7,7 @@ import importlib
 # One module per platform under builder/cli/, each with ``register(subparsers)``.
 PLATFORM_MODULES: list[str] = [
     "builder.cli.measure_snp",
+    "builder.cli.measure_tdx",
 ]
 
 
