@@ -181,6 +181,11 @@ def test_duplicates_refused():
                                                            File("etc//hostname", b"b"))), EPOCH)
     with pytest.raises(CCBuildError, match="given twice"):
         initrd.build_initrd(InitrdSpec(agent=AGENT, devices=initrd.DEFAULT_DEVICES * 2), EPOCH)
+    with pytest.raises(CCBuildError, match="'/etc' is given twice"):
+        initrd.build_initrd(InitrdSpec(agent=AGENT, dirs=initrd.DEFAULT_DIRS + (Dir("/etc", 0o700),)), EPOCH)
+    # the same directory with the same mode twice (recipe dirs added to the defaults) is one entry
+    same = initrd.pack(InitrdSpec(agent=AGENT, dirs=initrd.DEFAULT_DIRS + (Dir("etc/"),)), EPOCH)
+    assert same == initrd.pack(InitrdSpec(agent=AGENT), EPOCH)
 
 
 def test_bad_fields_refused():
@@ -215,3 +220,40 @@ def test_init_of_follows_symlink_and_refuses_missing():
     assert initrd.init_of(raw) == b"A"
     with pytest.raises(CCBuildError, match="no regular file /init"):
         initrd.init_of(cpio.write_archive([cpio.Entry.file("sbin", b"")], EPOCH))
+
+
+# ---- the kernel's own decompressors and cpio unpacker accept the image (real boot) ----
+
+@pytest.fixture(scope="module")
+def recipe_kernel() -> bytes:
+    from builder.recipe import load_recipe
+    from builder.sources.resolve import ResolveOptions, resolve
+    from builder.store import Store
+    lr = load_recipe(REPO / "recipes" / "snp.yaml")
+    store = Store.open()
+    return resolve(lr.recipe.kernel.source, ResolveOptions(store, lr.path.parent), "kernel.source").data
+
+
+@pytest.mark.slow
+@pytest.mark.boot
+@pytest.mark.parametrize("method", ["gzip", "zstd", "xz"])
+def test_kernel_unpacks_and_runs_the_agent(method, recipe_kernel, tmp_path):
+    """Boot the recipe's kernel (non-confidential, SeaBIOS, TCG) with each compression and the test
+    agent as /init: its readiness line proves decompression, unpacking, /dev/console and /init."""
+    from builder.stages import agent
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    built = agent.build_test_agent(agent.default_source(), tmp_path / "agent")
+    (tmp_path / "vmlinuz").write_bytes(recipe_kernel)
+    (tmp_path / "initrd").write_bytes(
+        initrd.build_initrd(InitrdSpec(agent=built.data, compression=method), EPOCH))
+    serial = tmp_path / "serial.log"
+    cmdline = f"console=ttyS0 panic=-1 quiet ccbuild.test={method}"
+    subprocess.run(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+                    "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                    "-monitor", "none", "-serial", f"file:{serial}", "-kernel", str(tmp_path / "vmlinuz"),
+                    "-initrd", str(tmp_path / "initrd"), "-append", cmdline],
+                   check=True, capture_output=True, timeout=120)
+    log = serial.read_bytes().decode(errors="replace").replace("\r", "")
+    assert f"ccbuild-test-agent: ready sha256={built.sha256} version={built.version}\n" in log, log[-2000:]
+    assert f"ccbuild-test-agent: cmdline {cmdline}\n" in log

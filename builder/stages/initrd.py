@@ -110,6 +110,8 @@ def initrd_entries(spec: InitrdSpec) -> list[cpio.Entry]:
 
     def add(entry: cpio.Entry, given: str) -> None:
         if entry.path in entries:
+            if entry.kind == "dir" and entries[entry.path] == entry:
+                return                       # the same directory named twice: harmless
             raise CCBuildError(f"initrd path {given!r} is given twice "
                                f"(already {origin[entry.path]!r} as {entries[entry.path].kind})")
         entries[entry.path] = entry
