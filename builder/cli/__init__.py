@@ -19,6 +19,7 @@ VERB_MODULES = [
     "builder.cli.build",
     "builder.cli.measure",
     "builder.cli.idblock",
+    "builder.cli.inspect",
 ]
 
 

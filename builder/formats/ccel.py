@@ -230,6 +230,11 @@ class EventLog:
         return replay(self)
 
     def to_json(self) -> dict:
+        try:
+            rtmrs: list[str] | None = [r.hex() for r in replay(self)]
+            replay_error = None
+        except FormatError as e:
+            rtmrs, replay_error = None, e.one_line()
         return {
             "spec_id": {
                 "mr_index": self.spec_id.mr_index,
@@ -241,7 +246,8 @@ class EventLog:
             },
             "events": [e.to_json() for e in self.events],
             "end_offset": self.end_offset,
-            "rtmrs": [r.hex() for r in replay(self)],
+            "rtmrs": rtmrs,
+            "replay_error": replay_error,
         }
 
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 from builder.errors import FormatError
 from builder.formats.bytesreader import take, u8, u32, u64
+from builder.measure.policy import POLICY_FLAG_BITS
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
@@ -63,11 +64,8 @@ MSG_REPORT_RSP_HEADER = 0x20
 
 SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
 
-POLICY_BITS = {
-    16: "SMT", 17: "RESERVED_1", 18: "MIGRATE_MA", 19: "DEBUG", 20: "SINGLE_SOCKET",
-    21: "CXL_ALLOW", 22: "MEM_AES_256_XTS", 23: "RAPL_DIS", 24: "CIPHERTEXT_HIDING",
-    25: "PAGE_SWAP_DISABLE",
-}
+# GUEST_POLICY bit names (one table for the project: builder.measure.policy)
+POLICY_BITS = {bit: name.upper() for name, bit in POLICY_FLAG_BITS.items()} | {17: "RESERVED_1"}
 PLATFORM_INFO_BITS = {
     0: "SMT_EN", 1: "TSME_EN", 2: "ECC_EN", 3: "RAPL_DIS", 4: "CIPHERTEXT_HIDING_EN",
     5: "ALIAS_CHECK_COMPLETE", 7: "TIO_EN",
@@ -187,7 +185,7 @@ class SnpReport:
 
     @property
     def debug(self) -> bool:
-        return bool(self.policy >> 19 & 1)
+        return bool(self.policy >> POLICY_FLAG_BITS["debug"] & 1)
 
     @property
     def platform_info_flags(self) -> list[str]:
