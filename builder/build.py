@@ -76,30 +76,11 @@ def _firmware(c: _Ctx) -> bytes:
     if fw.source is not None:
         data = c.add(resolve(fw.source, c.opts, "firmware.source"), "firmware").data
     else:
-        desc_path = c.lr.resolve(fw.build)
-        desc = fws.load_descriptor(desc_path, display=fw.build)
-        from builder.sources.debian import fetch_source
-        tarballs = fetch_source(c.store, desc.source.package, desc.source.version,
-                                desc.source.suite, desc.source.files, offline=c.opts.offline)
-        for name in sorted(tarballs):
+        desc = fws.load_descriptor(c.lr.resolve(fw.build), display=fw.build)
+        for name, digest in sorted(desc.source.files.items()):
             c.inputs.append({"role": "firmware-source", "kind": "debian-source",
-                             "name": name, "version": desc.source.version,
-                             "sha256": desc.source.files.get(name) or _sha(tarballs[name])})
-        key = fws.cache_key(desc, {n: desc.source.files[n] for n in tarballs})
-        ref = c.store.get_ref("firmware-build", key)
-        if ref and c.store.has(ref["sha256"]):
-            data = c.store.get_bytes(ref["sha256"], f"firmware build {desc.name}")
-        else:
-            if c.opts.offline and c.opts.locked:
-                pass  # building from stored sources needs no network
-            work = c.store.tmpdir()
-            try:
-                data = fws.build_edk2(desc, tarballs, work, c.store.log_path(f"edk2-{desc.name}"),
-                                      jobs=c.jobs)
-            finally:
-                import shutil
-                shutil.rmtree(work, ignore_errors=True)
-            c.store.set_ref("firmware-build", key, {"sha256": c.store.put_bytes(data)})
+                             "name": name, "version": desc.source.version, "sha256": digest})
+        data = fws.build_cached(c.store, desc, jobs=c.jobs, offline=c.opts.offline)
         c.inputs.append({"role": "firmware", "kind": "build", "name": desc.name,
                          "version": desc.dsc, "sha256": hashlib.sha256(data).hexdigest()})
     fws.check_firmware(c.lr.recipe.platform, data, where="firmware")
@@ -138,7 +119,7 @@ def _agent(c: _Ctx) -> bytes:
             shutil.rmtree(work, ignore_errors=True)
         c.store.set_ref("agent-build", key, {"sha256": c.store.put_bytes(data)})
     c.inputs.append({"role": "agent", "kind": "build", "name": "ccbuild-test-agent",
-                     "version": f"{__version__} ({toolchain})",
+                     "version": __version__, "toolchain": "; ".join(toolchain.splitlines()),
                      "sha256": hashlib.sha256(data).hexdigest()})
     return data
 
