@@ -165,6 +165,9 @@ def _inspect(fw: bytes) -> _Firmware:
     loc = sev_hashes_table_location(fw)
     table_gpa = None
     sections = meta.of_type(SectionType.SNP_KERNEL_HASHES)
+    if len(sections) > 1:
+        raise CCBuildError(f"firmware has {len(sections)} KERNEL_HASHES sections; QEMU fills one",
+                           f"offset 0x{sections[1].offset:x}")
     if sections and loc is not None:
         sec = sections[0]
         if not (sec.gpa <= loc.gpa and loc.gpa + PADDED_TABLE_SIZE <= sec.gpa + sec.size):
@@ -268,8 +271,13 @@ def measure_firmware_only(fw: bytes) -> SnpMeasurement:
 def snp_matrix(fw: bytes, hashes: KernelHashes | None, vcpus: list[int], vcpu_types: list[str],
                vmms: list[str], guest_features: list[int]) -> list[dict]:
     """Launch digests for every (VMM, vCPU type, guest features, vCPU count), in that nesting
-    order. The firmware pages are hashed once, the metadata once per VMM, each distinct VMSA page
-    once, and each vCPU count extends the chain of the previous one."""
+    order (vCPU counts sorted, duplicates dropped). Entries: ``{"vcpus": int, "vcpu_type": str
+    (canonical QEMU name), "vcpu_sig": "0x..", "vmm": "qemu"|"ec2"|"gce", "guest_features":
+    "0x..", "launch_digest": 96 lowercase hex}``. ``hashes`` None means no kernel (firmware-only).
+
+    The firmware pages are hashed once, the metadata once per VMM, each distinct VMSA page once,
+    and each vCPU count extends the chain of the previous one (VMSAs that do not depend on the
+    CPU type, as on EC2 and GCE, share one chain)."""
     fwi = _inspect(fw)
     counts = sorted(set(vcpus))
     types = [resolve_vcpu_type(t) for t in vcpu_types]
