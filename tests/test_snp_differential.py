@@ -153,9 +153,9 @@ def test_family_model_stepping_signature_matches_oracle():
 def test_matrix_against_oracle(amdsev, oracle):
     k, i, a = BOOT_VARIANTS["kernel+initrd+cmdline"]
     types = ["EPYC", "EPYC-v4", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin"]
-    entries = snp_matrix(amdsev, KernelHashes.of(k, i, a), [1, 2, 3, 64, 4], types,
+    entries = snp_matrix(amdsev, KernelHashes.of(k, i, a), [1, 2, 3, 64, 4, 255, 512], types,
                          ["qemu", "ec2", "gce"], [0x1, 0x21])
-    assert len(entries) == 5 * 6 * 3 * 2
+    assert len(entries) == 7 * 6 * 3 * 2
     assert len({(e["vcpus"], e["vcpu_type"], e["vmm"], e["guest_features"]) for e in entries}) \
         == len(entries)
     for e in entries[::7] + entries[-3:]:
