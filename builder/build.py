@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__, log
+from builder.emit import BuildView, run_emitters
 from builder.emit.manifest import dumps, make_manifest, sha256sums
 from builder.emit.outdir import write_outdir
 from builder.errors import CCBuildError
@@ -180,6 +181,11 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
 
     artifacts = {"firmware.fd": fw, "vmlinuz": kernel, "initrd.img": initrd,
                  "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
+    view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
+                     store)
+    with log.step("emit", c.timings):
+        for extra in run_emitters(view, artifacts):
+            artifacts.update(extra)
     chain = {"firmware": _h(fw), "kernel": _h(kernel), "initrd": _h(initrd),
              "cmdline": _h(cmdline.encode()), "agent": _h(agent)}
     build_key = hashlib.sha256(dumps([lr.digest, c.inputs, __version__])).hexdigest()

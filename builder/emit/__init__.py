@@ -1,0 +1,45 @@
+"""Emitters: files written into OUT beside the artifacts, from the same data the measurements
+used (launch snippets, provenance, reference values ...).
+
+Each module listed in ``EMITTERS`` defines ``emit(view: BuildView, files: dict[str, bytes]) ->
+dict[str, bytes]``: given the build and the files so far (artifacts + measurements.json and what
+earlier emitters added), it returns the new files (name -> bytes). Emitters never read the
+clock or write paths of this machine; they run in list order, so a later one may digest an
+earlier one's output. manifest.json and SHA256SUMS are written after all of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from builder.recipe import LoadedRecipe
+from builder.store import Store
+
+EMITTERS: list[str] = [
+]
+
+
+@dataclass(frozen=True)
+class BuildView:
+    """Everything a build produced, for emitters and checks (read-only)."""
+    lr: LoadedRecipe
+    firmware: bytes
+    kernel: bytes
+    initrd: bytes
+    cmdline: str
+    agent: bytes
+    measurements: dict
+    inputs: tuple[dict, ...]
+    store: Store
+
+
+def run_emitters(view: BuildView, files: dict[str, bytes]) -> Iterator[dict[str, bytes]]:
+    for name in EMITTERS:
+        extra = importlib.import_module(name).emit(view, dict(files))
+        clash = set(extra) & set(files)
+        if clash:
+            raise RuntimeError(f"emitter {name} overwrites {sorted(clash)}")  # a code bug
+        files.update(extra)
+        yield extra
