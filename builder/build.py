@@ -192,7 +192,9 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     manifest = make_manifest(name=lr.name, platform=lr.recipe.platform,
                              recipe_sha256=_h(lr.text), recipe_digest=lr.digest,
                              source_date_epoch=lr.recipe.source_date_epoch, inputs=c.inputs,
-                             outputs=artifacts, chain=chain, build_key=build_key)
+                             outputs=artifacts, chain=chain, build_key=build_key,
+                             boot={"readiness": lr.recipe.agent.readiness,
+                                   "memory_mib": lr.recipe.launch.memory_mib})
     files = dict(artifacts)
     files["manifest.json"] = dumps(manifest)
     files["SHA256SUMS"] = sha256sums(files)

@@ -21,7 +21,7 @@ def output_record(name: str, data: bytes) -> dict:
 
 def make_manifest(*, name: str, platform: str, recipe_sha256: str, recipe_digest: str,
                   source_date_epoch: int, inputs: list[dict], outputs: dict[str, bytes],
-                  chain: dict, build_key: str) -> dict:
+                  chain: dict, build_key: str, boot: dict) -> dict:
     return {
         "schema": MANIFEST_SCHEMA,
         "tool": {"name": "ccbuild", "version": __version__},
@@ -32,6 +32,7 @@ def make_manifest(*, name: str, platform: str, recipe_sha256: str, recipe_digest
         "inputs": inputs,
         "outputs": [output_record(n, outputs[n]) for n in sorted(outputs)],
         "chain": chain,
+        "boot": boot,
     }
 
 
