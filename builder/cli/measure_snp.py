@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 
+from builder.cli.common import int_arg, read_input
 from builder.errors import CCBuildError
 from builder.measure.cpu import cpu_signature, decode_signature, supported_vcpu_types, vcpu_type
 from builder.measure.sev_hashes import KernelHashes
@@ -14,23 +14,6 @@ from builder.measure.snp import SnpParams, measure, measure_firmware_only
 from builder.measure.vmsa import Vmm
 
 MODES = ("snp", "snp:ovmf-hash")
-
-
-def int_arg(text: str) -> int:
-    """An integer in any base Python accepts (0x1, 33, 0b100001)."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise CCBuildError(f"{text!r} is not an integer", hint="write e.g. 0x21 or 33") from None
-
-
-def read_input(path: str | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise CCBuildError(f"cannot read {option} {path}: {e.strerror or e}") from None
 
 
 def register(sub) -> None:

@@ -5,22 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from pathlib import Path
 
+from builder.cli.common import read_input
 from builder.errors import CCBuildError
 from builder.measure.tdx import TdxParams, measure_tdx, result_to_dict
 from builder.measure.tdx_mrtd import PageAddOrder
 
 REGISTERS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
-
-
-def _read(path: str | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise CCBuildError(f"cannot read {option} {path}: {e.strerror or e}") from None
 
 
 def register(sub) -> None:
@@ -52,9 +43,9 @@ def params_from_args(args) -> TdxParams:
 
 
 def run(args) -> int:
-    fw = _read(args.firmware, "--firmware")
-    kernel = _read(args.kernel, "--kernel")
-    initrd = _read(args.initrd, "--initrd")
+    fw = read_input(args.firmware, "--firmware")
+    kernel = read_input(args.kernel, "--kernel")
+    initrd = read_input(args.initrd, "--initrd")
     if initrd is not None and kernel is None:
         raise CCBuildError("--initrd needs --kernel (direct kernel boot)")
     if args.append is not None and kernel is None:

@@ -37,12 +37,12 @@ events are not extended.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import uuid
 from dataclasses import dataclass
 
 from builder.errors import FormatError
+from builder.measure.rtmr import extend  # the one definition of the RTMR extend rule
 from builder.formats.bytesreader import take, u8, u16, u32, u64
 
 # --- ACPI table -------------------------------------------------------------------------------
@@ -389,11 +389,6 @@ def parse_event_log(data: bytes) -> EventLog:
 
 
 # --- Replay -----------------------------------------------------------------------------------
-
-def extend(register: bytes, digest: bytes) -> bytes:
-    """RTMR extend: SHA-384(old | digest)."""
-    return hashlib.sha384(register + digest).digest()
-
 
 def replay(log: EventLog) -> tuple[bytes, bytes, bytes, bytes]:
     """Replay the log into RTMR0..3 (SHA-384 digests; EV_NO_ACTION events are skipped)."""
