@@ -41,3 +41,23 @@ def debian_file(store):
         return cache[k]
 
     return get
+
+
+def _edk2_firmware(store, descriptor: str) -> bytes:
+    from builder.stages.firmware import build_cached, load_descriptor
+    desc = load_descriptor(REPO / "firmware" / descriptor, display=f"firmware/{descriptor}")
+    return build_cached(store, desc, jobs=2)
+
+
+@pytest.fixture(scope="session")
+def amdsev_firmware(store) -> bytes:
+    """OVMF AmdSevX64 built from the pinned Debian edk2 source (firmware/amdsev.yaml), once per
+    cache: later sessions take it from the store by the build's cache key."""
+    return _edk2_firmware(store, "amdsev.yaml")
+
+
+@pytest.fixture(scope="session")
+def tdvf_firmware(store) -> bytes:
+    """TDVF (OVMF IntelTdxX64) built from the pinned Debian edk2 source (firmware/inteltdx.yaml),
+    once per cache."""
+    return _edk2_firmware(store, "inteltdx.yaml")
