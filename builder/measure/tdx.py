@@ -202,7 +202,17 @@ def result_to_dict(r: TdxResult, params: TdxParams) -> dict:
         if f"rtmr{i}_reason" in r.reasons:
             out[f"rtmr{i}_reason"] = r.reasons[f"rtmr{i}_reason"]
     out["profile"] = {"name": params.profile, "page_add_order": params.page_add_order.value,
-                      **{k: v for k, v in params.knobs}}
+                      **{k: v for k, v in params.knobs},
+                      # the values used (the recipe may override the profile's memory), enough
+                      # for `ccbuild verify` to recompute every artifact-derived event from OUT
+                      "memory": params.memory,
+                      "qemu_setup_header_patch": params.qemu_setup_header_patch,
+                      "acpi_data_size": params.acpi_data_size,
+                      "load_options_initrd_first": params.load_options_initrd_first,
+                      "secure_boot_feature": params.secure_boot_feature,
+                      "acpi_blobs": params.acpi_blobs is not None,
+                      "boot_order": list(params.boot_order),
+                      "boot_options": {f"Boot{n:04X}": d.hex() for n, d in params.boot_options}}
     out["events"] = [e.to_json() for e in r.events]
     out["mrtd_sections"] = r.summary
     return out
