@@ -506,15 +506,16 @@ def check_firmware(platform: str, fw: bytes, where: str = "firmware") -> None:
     if platform == "snp":
         from builder.formats.ovmf import has_kernel_hashes, parse_sev_metadata
         if parse_sev_metadata(fw) is None:
-            raise CCBuildError("has no SEV metadata (not an SEV-capable OVMF), so no SEV "
-                               "KERNEL_HASHES section", where, hint)
+            raise CCBuildError(f"{where} has no SEV metadata (not an SEV-capable OVMF), so no "
+                               "SEV KERNEL_HASHES section", hint=hint)
         if not has_kernel_hashes(fw):
-            raise CCBuildError("has no SEV KERNEL_HASHES section (OVMF would not verify kernel, "
-                               "initrd and command line)", where, hint)
+            raise CCBuildError(f"{where} has no SEV KERNEL_HASHES section (OVMF would not verify "
+                               "kernel, initrd and command line)", hint=hint)
     else:
         from builder.formats.tdvf import has_tdvf_metadata
         if not has_tdvf_metadata(fw):
-            raise CCBuildError("has no TDVF metadata (not a TDX-capable firmware)", where, hint)
+            raise CCBuildError(f"{where} has no TDVF metadata (not a TDX-capable firmware)",
+                               hint=hint)
 
 
 def prebuilt_firmware(platform: str, data: bytes, where: str = "firmware") -> bytes:
