@@ -17,6 +17,7 @@ from builder.errors import CCBuildError, EXIT_BAD_INPUT
 # One module per verb (or verb group) under builder/cli/. Extend, don't rename.
 VERB_MODULES = [
     "builder.cli.build",
+    "builder.cli.lock",
     "builder.cli.measure",
     "builder.cli.idblock",
     "builder.cli.inspect",
