@@ -61,3 +61,34 @@ def tdvf_firmware(store) -> bytes:
     """TDVF (OVMF IntelTdxX64) built from the pinned Debian edk2 source (firmware/inteltdx.yaml),
     once per cache."""
     return _edk2_firmware(store, "inteltdx.yaml")
+
+
+@pytest.fixture(scope="session")
+def recipe_file(tmp_path_factory, store):
+    """``recipe_file("snp") -> Path``: the shipped recipe, re-locked against what the Debian
+    mirror serves today (``ccbuild lock --write`` on a copy of recipes/ and firmware/). While the
+    shipped pins are current the copy is byte-identical to them; when the archive has moved on,
+    the tests keep testing the code instead of failing on a vanished download (the shipped
+    pins are then re-pinned with the same command)."""
+    import shutil
+    from builder.lock import lock_recipe
+
+    root = tmp_path_factory.mktemp("recipes-locked")
+    for d in ("recipes", "firmware", "kernel", "agent"):
+        if (REPO / d).is_dir():
+            shutil.copytree(REPO / d, root / d)
+    done: dict = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            p = root / "recipes" / f"{name}.yaml"
+            changes = lock_recipe(p, store, write=True, display=f"recipes/{name}.yaml")
+            stale = [c.line() for c in changes if c.old != c.new]
+            if stale:
+                import warnings
+                warnings.warn("shipped pins are stale (tests use re-locked copies): "
+                              + " | ".join(stale))
+            done[name] = p
+        return done[name]
+
+    return get

@@ -47,14 +47,14 @@ def seeded_cache(store, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """recipes/<p>.yaml built once into A with the shared cache."""
+def built(tmp_path_factory, recipe_file):
+    """recipes/<p>.yaml (re-locked copy) built once into A with the shared cache."""
     done = {}
 
     def get(platform: str) -> Path:
         if platform not in done:
             out = tmp_path_factory.mktemp(f"A-{platform}") / "out"
-            cp = ccbuild("build", f"recipes/{platform}.yaml", "-o", out)
+            cp = ccbuild("build", recipe_file(platform), "-o", out)
             assert cp.returncode == 0, cp.stderr
             done[platform] = out
         return done[platform]
@@ -67,13 +67,13 @@ def files_of(d: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("platform", ["snp", "tdx"])
-def test_rebuild_elsewhere_is_bit_identical(built, store, tmp_path, platform):
+def test_rebuild_elsewhere_is_bit_identical(built, store, tmp_path, platform, recipe_file):
     a = built(platform)
     assert set(os.listdir(a)) == OUTPUTS
     cache_b = seeded_cache(store, tmp_path / "cache-b")
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    recipe = REPO / "recipes" / f"{platform}.yaml"
+    recipe = recipe_file(platform)
     cp = ccbuild("build", recipe, "-o", "B", cwd=workdir, umask=0o077,
                  env={"TZ": "Pacific/Kiritimati", "CCBUILD_CACHE": str(cache_b), "LC_ALL": "C"})
     assert cp.returncode == 0, cp.stderr
@@ -116,24 +116,24 @@ def test_cmdline_has_no_trailing_newline_and_initrd_lists_with_gnu_cpio(built):
     assert " init\n" in listing and "dev/console" in listing and "etc/hostname" in listing
 
 
-def test_noop_rebuild_says_so_and_leaves_out_alone(built):
+def test_noop_rebuild_says_so_and_leaves_out_alone(built, recipe_file):
     a = built("snp")
     before = {p.name: p.stat().st_mtime_ns for p in a.iterdir()}
     t = time.monotonic()
-    cp = ccbuild("build", "recipes/snp.yaml", "-o", a)
+    cp = ccbuild("build", recipe_file("snp"), "-o", a)
     dt = time.monotonic() - t
     assert cp.returncode == 0 and "up to date" in cp.stderr, cp.stderr
     assert before == {p.name: p.stat().st_mtime_ns for p in a.iterdir()}
     print(f"no-op rebuild (whole CLI process): {dt:.2f}s")
 
 
-def test_interrupted_build_never_leaves_a_partial_out(built, tmp_path):
+def test_interrupted_build_never_leaves_a_partial_out(built, tmp_path, recipe_file):
     """kill -9 at many moments of a (cached) build: OUT is absent or complete, and the next
     build succeeds."""
     built("snp")
     out = tmp_path / "out"
     for delay in (0.05, 0.2, 0.4, 0.6, 0.8, 1.0):
-        p = subprocess.Popen([sys.executable, "-m", "builder.cli", "build", "recipes/snp.yaml",
+        p = subprocess.Popen([sys.executable, "-m", "builder.cli", "build", str(recipe_file("snp")),
                               "-o", str(out), "--set", f"launch.vcpus=[{int(delay * 10) + 1}]"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -143,12 +143,13 @@ def test_interrupted_build_never_leaves_a_partial_out(built, tmp_path):
             assert set(os.listdir(out)) == OUTPUTS
             chk = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out)
             assert chk.returncode == 0
-    cp = ccbuild("build", "recipes/snp.yaml", "-o", out)
+    cp = ccbuild("build", recipe_file("snp"), "-o", out)
     assert cp.returncode == 0, cp.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_firmware_without_kernel_hashes_is_refused_and_out_untouched(built, tmp_path, store):
+def test_firmware_without_kernel_hashes_is_refused_and_out_untouched(built, tmp_path, store,
+                                                                      recipe_file):
     """A real Debian OVMF_CODE_4M.fd has no SEV metadata at all; Debian's OVMF.fd has SEV
     metadata but no KERNEL_HASHES: both are refused for SNP, naming the build to use."""
     a = built("snp")
@@ -156,14 +157,14 @@ def test_firmware_without_kernel_hashes_is_refused_and_out_untouched(built, tmp_
     for member in ("usr/share/OVMF/OVMF_CODE_4M.fd", "usr/share/ovmf/OVMF.fd"):
         src = ('{"source": {"debian": "ovmf", "version": "2025.02-8+deb13u1", '
                '"suite": "trixie", "member": "%s"}}' % member)
-        cp = ccbuild("build", "recipes/snp.yaml", "-o", a, "--set", f"firmware={src}")
+        cp = ccbuild("build", recipe_file("snp"), "-o", a, "--set", f"firmware={src}")
         assert cp.returncode == 2, cp.stderr
         lines = cp.stderr.strip().splitlines()
         assert len(lines) == 1 and "KERNEL_HASHES" in lines[0] and "AmdSevX64" in lines[0], lines
     assert files_of(a) == before
 
 
-def test_tampered_store_entry_is_refused(built, store, tmp_path):
+def test_tampered_store_entry_is_refused(built, store, tmp_path, recipe_file):
     built("snp")
     cache = seeded_cache(store, tmp_path / "cache")
     kernel_deb = next((cache / "refs" / "debian-deb").glob("linux-image-6.12*"))
@@ -174,7 +175,7 @@ def test_tampered_store_entry_is_refused(built, store, tmp_path):
     blob.unlink()  # break the hard link before writing
     data[len(data) // 2] ^= 1
     blob.write_bytes(bytes(data))
-    cp = ccbuild("build", "recipes/snp.yaml", "-o", tmp_path / "out", "--offline",
+    cp = ccbuild("build", recipe_file("snp"), "-o", tmp_path / "out", "--offline",
                  env={"CCBUILD_CACHE": str(cache)})
     assert cp.returncode == 2 and "store entry is corrupt" in cp.stderr, cp.stderr
     assert len(cp.stderr.strip().splitlines()) == 1
