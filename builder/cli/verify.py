@@ -1,0 +1,93 @@
+"""`ccbuild verify OUT`: the auditor's checks.
+
+  ccbuild verify OUT                                   outputs vs manifest.json/SHA256SUMS, every
+                                                       measurement recomputed from OUT
+  ccbuild verify --rebuild RECIPE OUT [--share-cache]  rebuild in a fresh directory and compare
+  ccbuild verify OUT --snp-report R [--vcek C] [--chain ASK_ARK]
+  ccbuild verify OUT --tdx-quote Q [--ccel TABLE DATA]
+  ccbuild verify OUT --signature --pubkey PEM
+
+Exit 0 when everything agrees, 1 with a table of what differs, 2 for unreadable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from builder.cli.common import read_input
+from builder.errors import CCBuildError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("verify", help="check OUT, rebuild and compare, compare with TEE evidence",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="a `ccbuild build` output directory")
+    p.add_argument("--rebuild", metavar="RECIPE",
+                   help="rebuild RECIPE into a fresh directory and compare every file with OUT")
+    p.add_argument("--share-cache", action="store_true",
+                   help="with --rebuild: reuse the normal store instead of a fresh, empty one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --rebuild: the overrides the original build used (repeatable)")
+    p.add_argument("--offline", action="store_true", help="with --rebuild: fetch nothing")
+    p.add_argument("--cache", type=Path, help="with --rebuild --share-cache: store directory")
+    p.add_argument("--snp-report", metavar="R",
+                   help="SEV-SNP attestation report (binary, hex text or SNP_GUEST_REQUEST reply)")
+    p.add_argument("--vcek", metavar="C", help="the VCEK (or VLEK) certificate, DER or PEM")
+    p.add_argument("--chain", metavar="ASK_ARK",
+                   help="ASK + ARK PEM bundle (default: AMD's keys shipped with ccbuild)")
+    p.add_argument("--tdx-quote", metavar="Q", help="TDX quote (v4/v5) or TDREPORT")
+    p.add_argument("--ccel", nargs=2, metavar=("TABLE", "DATA"),
+                   help="with --tdx-quote: the CCEL ACPI table and the event log it points to")
+    p.add_argument("--signature", action="store_true",
+                   help="check manifest.json.sig (needs --pubkey)")
+    p.add_argument("--pubkey", metavar="PEM", help="ECDSA public key for --signature")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--failures", action="store_true", help="show only rows that are not ok")
+    p.set_defaults(func=run)
+
+
+def _check_options(args) -> None:
+    if args.signature and not args.pubkey:
+        raise CCBuildError("--signature needs --pubkey PEM")
+    if args.pubkey and not args.signature:
+        raise CCBuildError("--pubkey is only used with --signature")
+    if (args.vcek or args.chain) and not args.snp_report:
+        raise CCBuildError("--vcek and --chain go with --snp-report")
+    if args.ccel and not args.tdx_quote:
+        raise CCBuildError("--ccel goes with --tdx-quote", hint="inspect a log alone with "
+                           "`ccbuild inspect --ccel TABLE DATA`")
+    if (args.share_cache or args.overrides or args.offline) and not args.rebuild:
+        raise CCBuildError("--share-cache, --set and --offline go with --rebuild")
+
+
+def run(args) -> int:
+    from builder import verify as vf
+    _check_options(args)
+    verdicts = []
+    if args.rebuild:
+        verdicts.append(vf.rebuild_and_compare(args.rebuild, args.out,
+                                               share_cache=args.share_cache,
+                                               overrides=tuple(args.overrides),
+                                               offline=args.offline, store_root=args.cache))
+    else:
+        verdicts.append(vf.check_out(args.out))
+    if args.snp_report:
+        verdicts.append(vf.check_snp_report(args.out, read_input(args.snp_report, "--snp-report"),
+                                            read_input(args.vcek, "--vcek"),
+                                            read_input(args.chain, "--chain")))
+    if args.tdx_quote:
+        table, data = args.ccel or (None, None)
+        verdicts.append(vf.check_tdx_quote(args.out, read_input(args.tdx_quote, "--tdx-quote"),
+                                           read_input(table, "--ccel TABLE"),
+                                           read_input(data, "--ccel DATA")))
+    if args.signature:
+        verdicts.append(vf.check_signature(args.out, read_input(args.pubkey, "--pubkey")))
+    ok = all(v.ok for v in verdicts)
+    if args.json:
+        json.dump({"ok": ok, "verdicts": [v.to_json() for v in verdicts]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print("\n\n".join(v.text(all_rows=not args.failures) for v in verdicts))
+    return 0 if ok else 1

@@ -1,0 +1,750 @@
+"""The auditor's side: check an output directory, rebuild and compare, compare with evidence.
+
+Every check yields :class:`Check` rows (item, status, expected, actual, detail); a
+:class:`Verdict` groups them, fails when any row fails and prints as a table.
+
+- :func:`check_out`: every output's sha256 and size against manifest.json and SHA256SUMS, every
+  measurement recomputed from the artifacts in OUT (SNP entries from their own parameters, TDX
+  registers and the event log from the knobs measurements.json records).
+- :func:`rebuild_and_compare`: build the recipe again into a fresh directory (own cache unless
+  shared) and compare byte for byte; an initrd difference names the first differing cpio member
+  and field, a JSON difference the first differing key.
+- :func:`check_snp_report`: chain and signature (:func:`builder.verify_snp.verify_snp_report`),
+  which matrix entry MEASUREMENT is, HOST_DATA, ID key digest, the policy decoded.
+- :func:`check_tdx_quote`: MRTD, RTMR0-3, MRCONFIGID; with a CCEL event log, its replay against
+  the quote, each self-describing event against its own data, and the log against the expected
+  event log, naming the first event that differs per register.
+
+Measurement code is the engines'; this module only reads OUT and compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from builder.errors import CCBuildError, CheckFailed
+
+OK, FAIL, SKIP, INFO = "ok", "FAIL", "skip", "info"
+# Files OUT may hold beyond manifest.json's outputs: the manifest itself, its sums, its signature.
+META_FILES = ("manifest.json", "SHA256SUMS")
+SIGNATURE_FILE = "manifest.json.sig"
+ARTIFACTS = ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")
+
+
+@dataclass
+class Check:
+    item: str
+    status: str                  # ok | FAIL | skip | info
+    detail: str = ""
+    expected: str | None = None
+    actual: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"item": self.item, "status": self.status, "detail": self.detail}
+        if self.expected is not None or self.actual is not None:
+            d.update(expected=self.expected, actual=self.actual)
+        return d
+
+
+@dataclass
+class Verdict:
+    title: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status == FAIL for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def add(self, *checks: Check) -> None:
+        self.checks.extend(checks)
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "ok": self.ok,
+                "counts": {s: sum(c.status == s for c in self.checks)
+                           for s in (OK, FAIL, SKIP, INFO)},
+                "checks": [c.to_json() for c in self.checks]}
+
+    def text(self, all_rows: bool = True) -> str:
+        rows = self.checks if all_rows else [c for c in self.checks if c.status != OK]
+        w = max((len(c.item) for c in rows), default=4)
+        lines = [self.title]
+        for c in rows:
+            lines.append(f"  {c.status:<4}  {c.item:<{w}}  {c.detail}".rstrip())
+            if c.status == FAIL and (c.expected is not None or c.actual is not None):
+                lines.append(f"  {'':<4}  {'':<{w}}    expected {c.expected}")
+                lines.append(f"  {'':<4}  {'':<{w}}    actual   {c.actual}")
+        n = {s: sum(c.status == s for c in self.checks) for s in (OK, FAIL, SKIP)}
+        verdict = "PASS" if self.ok else "FAIL"
+        lines.append(f"{verdict}: {n[OK]} agree, {n[FAIL]} differ, {n[SKIP]} not checked")
+        return "\n".join(lines)
+
+
+def _h(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+# --- OUT --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OutDir:
+    path: Path
+    files: dict[str, bytes]
+    manifest: dict | None          # None when manifest.json is missing or not JSON
+    measurements: dict | None
+
+    def artifact(self, name: str) -> bytes | None:
+        return self.files.get(name)
+
+
+def _json_or_none(data: bytes | None) -> dict | None:
+    if data is None:
+        return None
+    try:
+        v = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return v if isinstance(v, dict) else None
+
+
+def load_out(path: str | Path) -> OutDir:
+    p = Path(path)
+    if not p.is_dir():
+        raise CCBuildError("output directory not found", str(p), "give the OUT of `ccbuild build`")
+    if not (p / "manifest.json").is_file() and not (p / "SHA256SUMS").is_file():
+        raise CCBuildError("not a ccbuild output (no manifest.json, no SHA256SUMS)", str(p))
+    files = {}
+    for f in sorted(p.iterdir()):
+        if f.is_file():
+            try:
+                files[f.name] = f.read_bytes()
+            except OSError as e:
+                raise CCBuildError(f"cannot read {f.name} ({e.strerror})", str(p)) from None
+    return OutDir(p, files, _json_or_none(files.get("manifest.json")),
+                  _json_or_none(files.get("measurements.json")))
+
+
+def _parse_sums(text: bytes) -> dict[str, str] | None:
+    out = {}
+    try:
+        lines = text.decode().splitlines()
+    except UnicodeDecodeError:
+        return None
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            return None
+        out[name] = digest
+    return out
+
+
+def check_hashes(out: OutDir) -> list[Check]:
+    """Every output against manifest.json and SHA256SUMS, and nothing unlisted in OUT."""
+    rows: list[Check] = []
+    actual = {n: _h(b) for n, b in out.files.items()}
+    listed: dict[str, dict] = {}
+    if out.manifest is None:
+        rows.append(Check("manifest.json", FAIL, "missing or not valid JSON"))
+    else:
+        for rec in out.manifest.get("outputs", []):
+            listed[rec["path"]] = rec
+    for name, rec in sorted(listed.items()):
+        item = f"sha256 {name}"
+        if name not in out.files:
+            rows.append(Check(item, FAIL, "listed in manifest.json, missing from OUT"))
+        elif actual[name] != rec["sha256"] or len(out.files[name]) != rec["size"]:
+            rows.append(Check(item, FAIL, f"differs from manifest.json (size {rec['size']} -> "
+                              f"{len(out.files[name])})", rec["sha256"], actual[name]))
+        else:
+            rows.append(Check(item, OK, f"{rec['size']} bytes, matches manifest.json"))
+    sums_raw = out.files.get("SHA256SUMS")
+    sums = _parse_sums(sums_raw) if sums_raw is not None else None
+    if sums is None:
+        rows.append(Check("SHA256SUMS", FAIL, "missing or not in `sha256sum` format"))
+        sums = {}
+    for name, digest in sorted(sums.items()):
+        item = f"SHA256SUMS {name}"
+        if name not in out.files:
+            rows.append(Check(item, FAIL, "listed in SHA256SUMS, missing from OUT"))
+        elif digest != actual[name]:
+            rows.append(Check(item, FAIL, "differs from SHA256SUMS", digest, actual[name]))
+        elif name in listed and listed[name]["sha256"] != digest:
+            rows.append(Check(item, FAIL, "SHA256SUMS and manifest.json disagree",
+                              listed[name]["sha256"], digest))
+        else:
+            rows.append(Check(item, OK, "matches"))
+    for name in sorted(set(out.files) - set(listed) - set(sums) - set(META_FILES)
+                       - {SIGNATURE_FILE}):
+        rows.append(Check(f"sha256 {name}", FAIL, "in OUT but listed in neither manifest.json "
+                          "nor SHA256SUMS (an added file)", None, actual[name]))
+    for name in sorted(set(listed) - set(sums)):
+        if name in out.files and sums_raw is not None:
+            rows.append(Check(f"SHA256SUMS {name}", FAIL, "listed in manifest.json, not in "
+                              "SHA256SUMS"))
+    if "manifest.json" in out.files and "manifest.json" not in sums and sums_raw is not None:
+        rows.append(Check("SHA256SUMS manifest.json", FAIL, "manifest.json is not in SHA256SUMS"))
+    return rows
+
+
+# --- recomputing measurements from OUT ----------------------------------------------------------
+
+def _artifacts(out: OutDir) -> tuple[bytes, bytes, bytes | None, str]:
+    missing = [n for n in ("firmware.fd", "vmlinuz", "cmdline.txt") if n not in out.files]
+    if missing:
+        raise CheckFailed(f"cannot recompute measurements: {', '.join(missing)} missing from OUT")
+    try:
+        cmdline = out.files["cmdline.txt"].decode()
+    except UnicodeDecodeError:
+        raise CheckFailed("cmdline.txt is not UTF-8") from None
+    return out.files["firmware.fd"], out.files["vmlinuz"], out.files.get("initrd.img"), cmdline
+
+
+def recompute_snp(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str,
+                  entries: list[dict]) -> list[Check]:
+    """Each recorded SNP entry recomputed from its own parameters (entries sharing VMM, CPU type
+    and features in one incremental run)."""
+    from builder.measure.sev_hashes import KernelHashes
+    from builder.measure.snp import snp_matrix
+    hashes = KernelHashes.of(kernel, initrd, cmdline)
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["vmm"], e["vcpu_type"], e["guest_features"]), []).append(e)
+    rows = []
+    for (vmm, vtype, gf), group in groups.items():
+        try:
+            fresh = snp_matrix(fw, hashes, [e["vcpus"] for e in group], [vtype], [vmm],
+                               [int(gf, 16)])
+        except CCBuildError as err:
+            for e in group:
+                rows.append(Check(_snp_item(e), FAIL, f"cannot recompute: {err.one_line()}"))
+            continue
+        by_n = {f["vcpus"]: f for f in fresh}
+        for e in group:
+            f = by_n[e["vcpus"]]
+            item = _snp_item(e)
+            if f["vcpu_sig"] != e["vcpu_sig"]:
+                rows.append(Check(item, FAIL, "vCPU signature of the CPU type differs",
+                                  e["vcpu_sig"], f["vcpu_sig"]))
+            elif f["launch_digest"] != e["launch_digest"]:
+                rows.append(Check(item, FAIL, "launch digest recomputed from OUT differs",
+                                  e["launch_digest"], f["launch_digest"]))
+            else:
+                rows.append(Check(item, OK, f"launch digest {e['launch_digest'][:24]}… recomputed"))
+    return rows
+
+
+def _snp_item(e: dict) -> str:
+    return f"snp {e['vcpus']} vCPU {e['vcpu_type']} {e['vmm']} features {e['guest_features']}"
+
+
+def tdx_params_from_record(rec: dict):
+    """TdxParams from the ``profile`` record of measurements.json (the knobs that depend on no
+    VMM blob: the ACPI tables and declared extra events are not in OUT, their digests are taken
+    from the recorded event log)."""
+    from builder.measure.tdx import TdxParams
+    from builder.measure.tdx_mrtd import PageAddOrder
+    prof = rec.get("profile") or {}
+    need = ("page_add_order", "memory", "qemu_setup_header_patch", "acpi_data_size",
+            "load_options_initrd_first", "secure_boot_feature", "boot_order", "boot_options")
+    missing = [k for k in need if k not in prof]
+    if missing:
+        raise CheckFailed(f"measurements.json tdx.profile lacks {', '.join(missing)}",
+                          hint="rebuild with this ccbuild version, which records every knob")
+    options = tuple((int(k[4:], 16), bytes.fromhex(v)) for k, v in prof["boot_options"].items())
+    return TdxParams(page_add_order=PageAddOrder(prof["page_add_order"]), memory=prof["memory"],
+                     qemu_setup_header_patch=prof["qemu_setup_header_patch"],
+                     acpi_data_size=prof["acpi_data_size"],
+                     load_options_initrd_first=prof["load_options_initrd_first"],
+                     secure_boot_feature=prof["secure_boot_feature"],
+                     boot_order=tuple(prof["boot_order"]), boot_options=options,
+                     profile=prof.get("name"))
+
+
+def _event_dict(e) -> dict:
+    return e.to_json()
+
+
+def _vmm_supplied(ev: dict) -> bool:
+    return ev["description"].startswith("ACPI DATA")
+
+
+def recompute_tdx_events(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str,
+                         rec: dict) -> tuple[bytes, list[dict], list[str]]:
+    """(MRTD, the expected event list rebuilt from the artifacts, notes). RTMR0's ACPI events,
+    the profile's extra RTMR0 events and RTMR3's runtime events hash VMM data that OUT does not
+    hold: their digests come from the record, everything else from the engine."""
+    from builder.formats.tdvf import parse_tdvf_metadata
+    from builder.measure.tdx import rtmr0_events, rtmr1_events, rtmr2_events
+    from builder.measure.tdx_mrtd import mrtd
+    params = tdx_params_from_record(rec)
+    meta = parse_tdvf_metadata(fw)
+    if meta is None:
+        raise CheckFailed("firmware.fd has no TDVF metadata (not a TDX firmware)")
+    recorded = rec.get("events", [])
+    notes: list[str] = []
+    events: list[dict] = []
+    if rec.get("rtmr0") is not None:
+        # The engine's RTMR0 with placeholder ACPI blobs; the VMM-supplied events (ACPI blobs and
+        # the profile's extra events) are put back from the record in recorded order.
+        base = [_event_dict(e) for e in
+                rtmr0_events(fw, meta, replace(params, acpi_blobs=(b"", b"", b"")))]
+        engine = [e for e in base if not _vmm_supplied(e)]
+        rec0 = [e for e in recorded if e["register"] == "rtmr0"]
+        known = {(e["event_type"], e["description"]) for e in engine}
+        taken = [e for e in rec0 if (e["event_type"], e["description"]) not in known]
+        # splice: engine events in engine order, VMM events where the record has them
+        it = iter(engine)
+        for e in rec0:
+            if (e["event_type"], e["description"]) in known:
+                events.append(next(it, e))
+            else:
+                events.append(e)
+        events.extend(it)
+        if taken:
+            notes.append(f"rtmr0: {len(taken)} VMM-supplied event(s) (ACPI tables, profile "
+                         "extras) taken from measurements.json; OUT does not hold their data")
+    events += [_event_dict(e) for e in rtmr1_events(kernel, initrd, cmdline, params)]
+    events += [_event_dict(e) for e in rtmr2_events(initrd, cmdline, params)]
+    rt3 = [e for e in recorded if e["register"] == "rtmr3"]
+    if rt3:
+        notes.append(f"rtmr3: {len(rt3)} runtime event(s) declared by the profile, taken from "
+                     "measurements.json")
+    events += rt3
+    return mrtd(fw, meta, params.page_add_order), events, notes
+
+
+def replay_events(events: list[dict]) -> list[bytes]:
+    from builder.measure import rtmr as rtmr_mod
+    regs = []
+    for i in range(4):
+        regs.append(rtmr_mod.replay(bytes.fromhex(e["digest"]) for e in events
+                                    if e["register"] == f"rtmr{i}"))
+    return regs
+
+
+def diff_event_lists(expected: list[dict], actual: list[dict], registers=range(4),
+                     what: str = "recomputed") -> list[Check]:
+    """Per register, the first event whose type, description or digest differs (or that is
+    missing or extra); one row per register."""
+    rows = []
+    for i in registers:
+        reg = f"rtmr{i}"
+        ex = [e for e in expected if e["register"] == reg]
+        ac = [e for e in actual if e["register"] == reg]
+        bad = None
+        for k in range(max(len(ex), len(ac))):
+            a = ac[k] if k < len(ac) else None
+            e = ex[k] if k < len(ex) else None
+            if a is None:
+                bad = Check(f"{reg} events", FAIL, f"event {k + 1} {e['event_type']} "
+                            f"{e['description']!r} expected, {what} log ends after {len(ac)}",
+                            e["digest"], None)
+            elif e is None:
+                bad = Check(f"{reg} events", FAIL, f"event {k + 1} {a['event_type']} "
+                            f"{a['description']!r}: not expected (expected {len(ex)} events)",
+                            None, a["digest"])
+            elif a["event_type"] != e["event_type"] or a["digest"] != e["digest"]:
+                where = f" (log #{a['number']} @0x{a['offset']:x})" if "number" in a else ""
+                bad = Check(f"{reg} events", FAIL, f"event {k + 1}{where} differs: "
+                            f"{e['event_type']} {e['description']!r} expected; {what} "
+                            f"{a['event_type']} {a['description']!r}", e["digest"], a["digest"])
+            if bad:
+                break
+        rows.append(bad or Check(f"{reg} events", OK, f"{len(ex)} events agree"))
+    return rows
+
+
+def recompute_measurements(out: OutDir) -> list[Check]:
+    m = out.measurements
+    if m is None:
+        return [Check("measurements.json", FAIL, "missing or not valid JSON")]
+    try:
+        fw, kernel, initrd, cmdline = _artifacts(out)
+    except CheckFailed as e:
+        return [Check("measurements", FAIL, e.one_line())]
+    rows: list[Check] = []
+    if "snp" in m:
+        rows += recompute_snp(fw, kernel, initrd, cmdline, m["snp"])
+    if "tdx" in m:
+        rows += _recompute_tdx(fw, kernel, initrd, cmdline, m["tdx"])
+    if not rows:
+        rows.append(Check("measurements", FAIL, "measurements.json has neither snp nor tdx"))
+    return rows
+
+
+def _recompute_tdx(fw, kernel, initrd, cmdline, rec: dict) -> list[Check]:
+    try:
+        mrtd, events, notes = recompute_tdx_events(fw, kernel, initrd, cmdline, rec)
+    except CheckFailed as e:
+        return [Check("tdx", FAIL, e.one_line())]
+    except CCBuildError as e:
+        return [Check("tdx", FAIL, f"cannot recompute: {e.one_line()}")]
+    rows = [Check("tdx mrtd", OK if mrtd.hex() == rec["mrtd"] else FAIL,
+                  "recomputed from firmware.fd" if mrtd.hex() == rec["mrtd"]
+                  else "MRTD recomputed from firmware.fd differs", rec["mrtd"], mrtd.hex())]
+    regs = replay_events(events)
+    for i in range(4):
+        want = rec.get(f"rtmr{i}")
+        if want is None:
+            rows.append(Check(f"tdx rtmr{i}", SKIP, "not predicted: "
+                              + rec.get(f"rtmr{i}_reason", "no reason recorded")))
+            continue
+        same = regs[i].hex() == want
+        rows.append(Check(f"tdx rtmr{i}", OK if same else FAIL,
+                          "replay of the recomputed events" if same
+                          else "replay of the events recomputed from OUT differs",
+                          want, regs[i].hex()))
+    known = [i for i in range(4) if rec.get(f"rtmr{i}") is not None]
+    rows += [replace(c, item="tdx " + c.item)
+             for c in diff_event_lists(events, rec.get("events", []), known, "measurements.json")]
+    rows += [Check("tdx note", INFO, n) for n in notes]
+    return rows
+
+
+def check_out(path: str | Path) -> Verdict:
+    out = load_out(path)
+    v = Verdict(f"verify {out.path.name}: outputs and measurements")
+    v.add(*check_hashes(out))
+    v.add(*recompute_measurements(out))
+    return v
+
+
+# --- rebuild and compare ------------------------------------------------------------------------
+
+def _lenient_gunzip(data: bytes) -> bytes | None:
+    """Best-effort inflate of a damaged gzip member (no CRC check), to name what changed."""
+    if data[:3] != b"\x1f\x8b\x08" or data[3] != 0:
+        return None
+    d = zlib.decompressobj(-15)
+    try:
+        return d.decompress(data[10:])
+    except zlib.error:
+        return None
+
+
+def diff_initrd(expected: bytes, actual: bytes) -> str:
+    from builder.formats import cpio
+    from builder.stages.initrd import diff_initrds
+    d = diff_initrds(expected, actual) or "identical"
+    if "cannot be read" in d:
+        a, b = _lenient_gunzip(expected), _lenient_gunzip(actual)
+        if a is not None and b is not None:
+            try:
+                inner = cpio.diff_archives(a, b)
+            except CCBuildError:
+                inner = None
+            if inner:
+                d += f"; inflating without the CRC check: {inner}"
+    return d
+
+
+def _json_diff(a, b, path: str = "") -> str | None:
+    if type(a) is not type(b):
+        return f"{path or '(top)'}: {json.dumps(a)[:80]} vs {json.dumps(b)[:80]}"
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                return f"{path}.{k}: present only in the " + ("rebuilt" if k in b else "given")
+            d = _json_diff(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _json_diff(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items vs {len(b)}"
+        return None
+    return None if a == b else f"{path or '(top)'}: {json.dumps(a)[:100]} vs {json.dumps(b)[:100]}"
+
+
+def explain_difference(name: str, given: bytes, rebuilt: bytes) -> str:
+    if name == "initrd.img":
+        return diff_initrd(rebuilt, given)
+    if name.endswith(".json"):
+        a, b = _json_or_none(given), _json_or_none(rebuilt)
+        if a is not None and b is not None:
+            d = _json_diff(a, b)
+            if d:
+                return f"first difference at {d}"
+        elif a is None:
+            return "the given file is not valid JSON"
+    first = next((i for i, (x, y) in enumerate(zip(given, rebuilt)) if x != y),
+                 min(len(given), len(rebuilt)))
+    return f"first differing byte at offset 0x{first:x} (sizes {len(given)} vs {len(rebuilt)})"
+
+
+def compare_files(given: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[Check]:
+    rows = []
+    for name in sorted((set(given) | set(rebuilt)) - {SIGNATURE_FILE}):
+        item = f"rebuild {name}"
+        if name not in given:
+            rows.append(Check(item, FAIL, "produced by the rebuild, missing from OUT"))
+        elif name not in rebuilt:
+            rows.append(Check(item, FAIL, "in OUT, not produced by the rebuild"))
+        elif given[name] == rebuilt[name]:
+            rows.append(Check(item, OK, f"identical ({len(given[name])} bytes)"))
+        else:
+            rows.append(Check(item, FAIL, explain_difference(name, given[name], rebuilt[name]),
+                              _h(rebuilt[name]), _h(given[name])))
+    return rows
+
+
+def rebuild_and_compare(recipe: str | Path, out_path: str | Path, share_cache: bool = False,
+                        overrides: tuple[str, ...] = (), offline: bool = False,
+                        jobs: int = 0, store_root: Path | None = None) -> Verdict:
+    """Rebuild ``recipe`` into a fresh temporary directory (with a fresh store unless
+    ``share_cache``) and compare every file with OUT, after OUT's own checks."""
+    from builder.build import BuildOptions, build
+    out = load_out(out_path)
+    v = Verdict(f"verify --rebuild {Path(recipe).name} against {out.path.name}")
+    v.add(*check_hashes(out))
+    v.add(*recompute_measurements(out))
+    tmp = Path(tempfile.mkdtemp(prefix="ccbuild-verify-"))
+    try:
+        store = store_root if share_cache else tmp / "cache"
+        res = build(recipe, BuildOptions(out=tmp / "out", overrides=tuple(overrides),
+                                         offline=offline, store_root=store, jobs=jobs))
+        v.add(Check("rebuild", INFO, "with the shared cache" if share_cache
+                    else "with a fresh, empty cache (every input fetched and built again)"))
+        v.add(*compare_files(out.files, res.files))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return v
+
+
+# --- SNP evidence -----------------------------------------------------------------------------
+
+def match_snp_entries(measurement: bytes, entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["launch_digest"] == measurement.hex()]
+
+
+def _expected_host_data(m: dict) -> tuple[bytes, str]:
+    init = m.get("initdata")
+    if isinstance(init, dict):
+        if init.get("host_data"):
+            return bytes.fromhex(init["host_data"]), "initdata HOST_DATA from measurements.json"
+        if init.get("digest"):
+            return (bytes.fromhex(init["digest"]) + bytes(32))[:32], \
+                "initdata digest from measurements.json (first 32 bytes)"
+    return bytes(32), "no initdata in the build: HOST_DATA must be zero"
+
+
+def _expected_id_key_digest(m: dict, entry: dict | None) -> tuple[bytes, str] | None:
+    for src, where in ((entry or {}), "the matched entry"), (m.get("id_block") or {}, "id_block"):
+        for key in ("id_key_digest",):
+            if isinstance(src, dict) and src.get(key):
+                return bytes.fromhex(src[key]), f"ID key digest from measurements.json ({where})"
+    return None
+
+
+def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | None = None,
+                     chain: bytes | None = None) -> Verdict:
+    from builder.formats.snp_report import parse_report
+    from builder.measure.policy import GuestPolicy
+    from builder.verify_snp import verify_snp_report
+    out = load_out(out_path)
+    v = Verdict(f"verify {out.path.name} against an SEV-SNP attestation report")
+    report = parse_report(report_bytes)
+    if vcek is None:
+        v.add(Check("signature", SKIP, "no --vcek given: the report is NOT authenticated; "
+                    "only its fields are compared"))
+    else:
+        try:
+            vr = verify_snp_report(report_bytes, vcek, chain)
+            v.add(Check("signature", OK, f"{vr.signer} signature verifies; chain {vr.ark_subject}"
+                        f" -> {vr.ask_subject} -> {vr.vcek_subject} ({vr.chain_source}, "
+                        f"{vr.product})"))
+        except CheckFailed as e:
+            v.add(Check("signature", FAIL, e.one_line()))
+    m = out.measurements or {}
+    entries = m.get("snp")
+    matched = None
+    if not entries:
+        v.add(Check("measurement", FAIL, "measurements.json has no SNP entries (not an SNP "
+                    "build?)", None, report.measurement.hex()))
+    else:
+        hits = match_snp_entries(report.measurement, entries)
+        if len(hits) == 1:
+            matched = hits[0]
+            v.add(Check("measurement", OK, f"matches entry {entries.index(matched) + 1} of "
+                        f"{len(entries)}: {matched['vcpus']} vCPU, {matched['vcpu_type']} "
+                        f"(sig {matched['vcpu_sig']}), VMM {matched['vmm']}, guest features "
+                        f"{matched['guest_features']}"))
+        elif hits:
+            v.add(Check("measurement", FAIL, f"matches {len(hits)} entries (duplicate digests "
+                        "in measurements.json)"))
+        else:
+            v.add(Check("measurement", FAIL, f"MEASUREMENT matches none of the {len(entries)} "
+                        "entries: other artifacts, or launch parameters outside the recipe's "
+                        "matrix (vCPUs, CPU type, VMM, guest features)",
+                        f"one of the {len(entries)} launch digests", report.measurement.hex()))
+    want, why = _expected_host_data(m)
+    v.add(Check("host_data", OK if report.host_data == want else FAIL, why,
+                want.hex(), report.host_data.hex()))
+    idk = _expected_id_key_digest(m, matched)
+    if idk is None:
+        zero = not any(report.id_key_digest)
+        v.add(Check("id_key_digest", OK if zero else FAIL,
+                    "the build has no ID key: the report's ID_KEY_DIGEST must be zero" if zero
+                    else "the build has no ID key, but the launch carried an ID block",
+                    bytes(48).hex(), report.id_key_digest.hex()))
+    else:
+        v.add(Check("id_key_digest", OK if report.id_key_digest == idk[0] else FAIL, idk[1],
+                    idk[0].hex(), report.id_key_digest.hex()))
+    try:
+        pol = GuestPolicy.decode(report.policy)
+        flags = ", ".join(f"{k}={'yes' if val else 'no'}" for k, val in pol.as_dict().items()
+                          if isinstance(val, bool))
+        v.add(Check("policy", INFO, f"0x{report.policy:x}: ABI >= {pol.abi_major}.{pol.abi_minor}"
+                    f", {flags}"))
+        if pol.debug:
+            v.add(Check("policy debug", FAIL, "the guest policy allows debugging: the host can "
+                        "read guest memory"))
+        want_pol = m.get("policy") if isinstance(m.get("policy"), int) else None
+        if want_pol is not None and want_pol != report.policy:
+            v.add(Check("policy", FAIL, "differs from the build's policy", hex(want_pol),
+                        hex(report.policy)))
+    except CCBuildError as e:
+        v.add(Check("policy", FAIL, e.one_line()))
+    v.add(Check("report", INFO, f"VMPL {report.vmpl}, guest SVN {report.guest_svn}, reported TCB "
+                f"{report.reported_tcb}, report_data {report.report_data.hex()[:32]}…"))
+    return v
+
+
+# --- TDX evidence -----------------------------------------------------------------------------
+
+# Event types whose digest the TCG PC Client spec / EDK2 define over the event data itself.
+def _digest_from_data(type_name: str, data: bytes) -> bytes | None:
+    from builder.measure import tdx_events as te
+    if type_name in ("EV_SEPARATOR", "EV_EFI_ACTION", "EV_EFI_GPT_EVENT"):
+        return te.sha384(data)
+    if type_name in ("EV_EFI_VARIABLE_DRIVER_CONFIG", "EV_EFI_VARIABLE_AUTHORITY",
+                     "EV_EFI_VARIABLE_BOOT"):
+        try:
+            vendor, name, value = te.parse_uefi_variable_data(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if type_name == "EV_EFI_VARIABLE_BOOT":
+            return te.variable_boot_digest(value)
+        return te.variable_driver_config_digest(vendor, name, value)
+    return None
+
+
+def log_events(log) -> list[dict]:
+    """CCEL log events (EV_NO_ACTION dropped) in the measurements.json event shape."""
+    from builder.formats import ccel
+    out = []
+    for ev in log.events:
+        if ev.event_type == ccel.EV_NO_ACTION or ev.rtmr is None:
+            continue
+        d = ev.digest(ccel.TPM_ALG_SHA384)
+        out.append({"register": f"rtmr{ev.rtmr}", "event_type": ev.type_name,
+                    "description": ev.describe(), "digest": d.hex() if d else "",
+                    "number": ev.number, "offset": ev.offset, "data": ev.data})
+    return out
+
+
+def check_event_data(events: list[dict]) -> list[Check]:
+    """Each self-describing event's digest against its own data: catches a log whose data was
+    altered after the fact (the first such event is named)."""
+    checked = 0
+    for e in events:
+        want = _digest_from_data(e["event_type"], e["data"])
+        if want is None:
+            continue
+        checked += 1
+        if want.hex() != e["digest"]:
+            return [Check("log event data", FAIL, f"log #{e['number']} @0x{e['offset']:x} "
+                          f"{e['register']} {e['event_type']} {e['description']!r}: its data does "
+                          "not hash to the digest it extended", want.hex(), e["digest"])]
+    return [Check("log event data", OK, f"{checked} self-describing events hash to their "
+                  f"digests ({len(events) - checked} others carry no hashable data)")]
+
+
+def check_tdx_quote(out_path: str | Path, quote_bytes: bytes,
+                    ccel_table: bytes | None = None, ccel_data: bytes | None = None) -> Verdict:
+    from builder.formats import ccel, tdx_quote
+    out = load_out(out_path)
+    v = Verdict(f"verify {out.path.name} against TDX evidence")
+    if tdx_quote.looks_like_quote(quote_bytes):
+        body = tdx_quote.parse_quote(quote_bytes).body
+        v.add(Check("evidence", INFO, "TDX quote (its PCK signature is not verified here)"))
+    elif tdx_quote.looks_like_tdreport(quote_bytes):
+        body = tdx_quote.parse_tdreport(quote_bytes).measurements
+        v.add(Check("evidence", INFO, "TDREPORT (unsigned)"))
+    else:
+        raise CCBuildError("not a TDX quote (v4/v5) or TDREPORT", "--tdx-quote")
+    rec = (out.measurements or {}).get("tdx")
+    if rec is None:
+        v.add(Check("tdx", FAIL, "measurements.json has no tdx record (not a TDX build?)"))
+        return v
+    v.add(Check("mrtd", OK if body.mrtd.hex() == rec["mrtd"] else FAIL, "MRTD",
+                rec["mrtd"], body.mrtd.hex()))
+    for i in range(4):
+        want = rec.get(f"rtmr{i}")
+        got = body.rtmrs[i].hex()
+        if want is None:
+            v.add(Check(f"rtmr{i}", SKIP, "not predicted: " + rec.get(f"rtmr{i}_reason", ""),
+                        None, got))
+        else:
+            v.add(Check(f"rtmr{i}", OK if want == got else FAIL, f"RTMR{i}", want, got))
+    init = (out.measurements or {}).get("initdata")
+    if isinstance(init, dict) and init.get("mrconfigid"):
+        want_cfg, why = bytes.fromhex(init["mrconfigid"]), "initdata MRCONFIGID"
+    else:
+        want_cfg, why = bytes(48), "no initdata in the build: MRCONFIGID must be zero"
+    v.add(Check("mrconfigid", OK if body.mrconfigid == want_cfg else FAIL, why,
+                want_cfg.hex(), body.mrconfigid.hex()))
+    if body.debug:
+        v.add(Check("td_attributes", FAIL, "DEBUG is set: the host can read TD memory"))
+    if ccel_data is None:
+        return v
+    if ccel_table is not None:
+        table = ccel.parse_ccel_table(ccel_table)
+        v.add(Check("ccel table", OK if table.cc_type == 2 and table.checksum_valid else FAIL,
+                    f"CC type {table.cc_type_name}, checksum "
+                    f"{'valid' if table.checksum_valid else 'INVALID'}"))
+    log = ccel.parse_event_log(ccel_data)
+    events = log_events(log)
+    regs = ccel.replay(log)
+    for i in range(4):
+        same = regs[i] == body.rtmrs[i]
+        v.add(Check(f"log replay rtmr{i}", OK if same else FAIL,
+                    "the event log replays to the quote's value" if same
+                    else "the event log does not replay to the quote's value (log and quote "
+                    "disagree)", body.rtmrs[i].hex(), regs[i].hex()))
+    v.add(*check_event_data(events))
+    expected = rec.get("events", [])
+    known = [i for i in range(4) if rec.get(f"rtmr{i}") is not None]
+    v.add(*[replace(c, item="log " + c.item)
+            for c in diff_event_lists(expected, events, known, "the log has")])
+    return v
+
+
+# --- manifest signature -----------------------------------------------------------------------
+
+def check_signature(out_path: str | Path, pubkey_pem: bytes) -> Verdict:
+    from builder.emit.signature import verify_manifest
+    out = load_out(out_path)
+    v = Verdict(f"verify {out.path.name}: manifest signature")
+    sig = out.files.get(SIGNATURE_FILE)
+    if sig is None:
+        v.add(Check("signature", FAIL, f"{SIGNATURE_FILE} is missing (build with --sign-key)"))
+    elif "manifest.json" not in out.files:
+        v.add(Check("signature", FAIL, "manifest.json is missing"))
+    else:
+        ok, what = verify_manifest(out.files["manifest.json"], sig, pubkey_pem)
+        v.add(Check("signature", OK if ok else FAIL, what))
+    return v
