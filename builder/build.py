@@ -90,10 +90,17 @@ def _firmware(c: _Ctx) -> bytes:
 
 def _kernel(c: _Ctx) -> bytes:
     from builder.stages.kernel import check_kernel_for_platform, inspect_kernel
-    r = c.add(resolve(c.lr.recipe.kernel.source, c.opts, "kernel.source"), "kernel")
-    info = inspect_kernel(r.data, "kernel.source")
-    check_kernel_for_platform(info, c.lr.recipe.platform, "kernel.source")
-    return r.data
+    if c.lr.recipe.kernel.build is not None:
+        from builder.stages.kernel_build import build_for_recipe
+        data, records = build_for_recipe(c.lr, c.store, c.opts, c.jobs)
+        c.inputs.extend(records)
+        where = "kernel.build"
+    else:
+        data = c.add(resolve(c.lr.recipe.kernel.source, c.opts, "kernel.source"), "kernel").data
+        where = "kernel.source"
+    info = inspect_kernel(data, where)
+    check_kernel_for_platform(info, c.lr.recipe.platform, where)
+    return data
 
 
 def _agent(c: _Ctx) -> bytes:

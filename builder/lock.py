@@ -132,7 +132,8 @@ def rewrite_scalars(text: str, edits: list[tuple[list[str], str]]) -> str:
 def _pins(raw: dict) -> list[tuple[list[str], dict]]:
     """(yaml path, source mapping) of every Debian pin in a raw recipe."""
     out = []
-    for path in (["firmware", "source"], ["kernel", "source"], ["agent", "source"]):
+    for path in (["firmware", "source"], ["kernel", "source"], ["kernel", "build", "source"],
+                 ["agent", "source"]):
         node = raw
         for k in path:
             node = node.get(k) if isinstance(node, dict) else None

@@ -95,8 +95,29 @@ class Firmware:
 
 
 @dataclass(frozen=True)
+class KernelBuild:
+    source: Source = doc("kernel source tarball: Debian linux-source-6.12 (member "
+                         "usr/src/linux-source-6.12.tar.xz) or a kernel.org tarball (url + sha256)")
+    fragments: tuple[str, ...] = doc("Kconfig fragments merged in order on top of tinyconfig "
+                                     "(kernel/fragments/*.config), relative to the recipe")
+
+    def validate(self, ctx: "_Ctx", where: str) -> None:
+        if not self.fragments:
+            ctx.fail(f"{where}.fragments", "at least one fragment is required")
+        for i, f in enumerate(self.fragments):
+            if not f.endswith(".config"):
+                ctx.fail(f"{where}.fragments[{i}]", f"{f!r} must name a .config fragment")
+
+
+@dataclass(frozen=True)
 class Kernel:
-    source: Source = doc("the kernel image (a bzImage with an EFI stub)")
+    source: Source | None = doc("the kernel image (a bzImage with an EFI stub)", default=None)
+    build: KernelBuild | None = doc("build the kernel from pinned source and config fragments",
+                                    default=None)
+
+    def validate(self, ctx: "_Ctx", where: str) -> None:
+        if (self.build is None) == (self.source is None):
+            ctx.fail(where, "exactly one of source, build is required")
 
 
 @dataclass(frozen=True)
@@ -118,7 +139,7 @@ class Agent:
 
 @dataclass(frozen=True)
 class InitrdFile:
-    path: str = doc("absolute path inside the initrd")
+    path: str = doc("absolute path inside the image (initrd or rootfs)")
     content: str | None = doc("file content (UTF-8 text)", default=None)
     source: Source | None = doc("file content from a pinned input", default=None)
     mode: int = doc("permission bits", default=0o644, minimum=0, maximum=0o7777)
@@ -161,9 +182,37 @@ class Initrd:
 
 
 @dataclass(frozen=True)
+class Rootfs:
+    format: Literal["erofs", "ext4"] = doc("file system of the read-only root image",
+                                           default="erofs")
+    verity: bool = doc("dm-verity hash tree whose root hash the measured cmdline carries "
+                       "(required: an unmeasured rootfs breaks the chain)", default=True)
+    files: tuple[InitrdFile, ...] = doc("extra files (the agent is /sbin/init)", default=())
+    dirs: tuple[str, ...] = doc("extra empty directories", default=())
+
+    def validate(self, ctx: "_Ctx", where: str) -> None:
+        if not self.verity:
+            ctx.fail(f"{where}.verity", "a rootfs without dm-verity is not measured; the agent "
+                     "it holds would run outside the attested chain (set verity: true)")
+        for i, d in enumerate(self.dirs):
+            _check_image_path(ctx, f"{where}.dirs[{i}]", d)
+        seen: dict[str, str] = {}
+        for i, f in enumerate(self.files):
+            p = "/" + f.path.strip("/")
+            if p == "/sbin/init":
+                ctx.fail(f"{where}.files[{i}].path", "/sbin/init is the agent; it cannot be "
+                         "replaced")
+            if p in seen:
+                ctx.fail(f"{where}.files[{i}].path", f"duplicate of {seen[p]}")
+            seen[p] = f"{where}.files[{i}]"
+
+
+@dataclass(frozen=True)
 class Cmdline:
     template: str = doc("jinja2 template of the final (measured) kernel command line; variables: "
-                        "kernel_params, runtime_params, platform, name",
+                        "kernel_params, runtime_params, platform, name; with a rootfs also "
+                        "verity_params (dm-mod.create=... root=/dev/dm-0 ...), "
+                        "kata_verity_params, root_hash, verity_salt",
                         default="{{ kernel_params }} {{ runtime_params }}")
     kernel_params: str = doc("what goes in Kata's configuration.toml kernel_params", default="")
     runtime_params: str = doc("what the Kata runtime appends itself (measured too)", default="")
@@ -229,13 +278,17 @@ class Recipe:
     source_date_epoch: int = doc("timestamp of every file in the artifacts",
                                  default=1735689600, minimum=0, maximum=(1 << 32) - 1)
     initrd: Initrd = doc("initrd contents and compression", default=Initrd())
+    rootfs: Rootfs | None = doc("dm-verity root image holding the agent (then no initrd is "
+                                "used: Kata's image boot)", default=None)
     cmdline: Cmdline = doc("kernel command line", default=Cmdline())
     launch: Launch = doc("launch parameters the measurements cover", default=Launch())
     initdata: str | None = doc("Kata/Trustee initdata TOML file, relative to the recipe",
                                default=None)
 
     def validate(self, ctx: "_Ctx", where: str) -> None:
-        pass
+        if self.rootfs is not None and self.initrd != Initrd():
+            ctx.fail("initrd", "a recipe with a rootfs boots without an initrd; put the files "
+                     "in rootfs.files")
 
 
 # -- helpers -----------------------------------------------------------------------------------

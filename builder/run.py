@@ -37,3 +37,45 @@ def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | N
         where = f"log: {log_path}" if log_path else None
         raise CCBuildError(f"{what or args[0]} failed (exit {cp.returncode}): {tail[0][:200]}", where)
     return cp
+
+
+def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, what: str,
+                 env: dict | None = None, progress=None, count: "re.Pattern[bytes] | None" = None
+                 ) -> None:
+    """Run a long ``argv`` with its output streamed into ``log_path`` (never held in memory);
+    each output line matching ``count`` advances ``progress`` (a :func:`builder.log.bar`).
+    On failure the error quotes the last error lines and names the log."""
+    import collections
+    import re
+    args = [str(a) for a in argv]
+    log.echo_command(args)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    tail: collections.deque = collections.deque(maxlen=100)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as lf:
+        lf.write(b"+ " + " ".join(args).encode() + b"\n")
+        lf.flush()
+        try:
+            proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise CCBuildError(f"{args[0]} is not installed", what,
+                               "run 'make deps' (scripts/install-deps)") from None
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lf.write(line)
+                tail.append(line)
+                if progress is not None and count is not None and count.search(line):
+                    progress.update(1)
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if code != 0:
+        lines = [ln for ln in (b.decode(errors="replace").strip() for b in tail) if ln]
+        errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.I)]
+        shown = " | ".join(errors[-2:] if errors else lines[-3:])[:300]
+        raise CCBuildError(f"{what} failed (exit {code}): {shown}", f"log: {log_path}")
