@@ -36,7 +36,8 @@ from builder.errors import CCBuildError
 from builder.run import run
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
-BUILD_SCHEME = 1
+# 2: the constant-length workspace path (see _fixed_length_workspace).
+BUILD_SCHEME = 2
 
 PLATFORMS = ("snp", "tdx")
 ARCHES = ("X64",)
@@ -56,7 +57,9 @@ _MODULE_LINE = re.compile(rb"^Building \.\.\. ")
 
 # Environment variables of a previous EDK2 setup that must not leak into ours.
 _EDK2_ENV = ("WORKSPACE", "EDK_TOOLS_PATH", "EDK_TOOLS_BIN", "CONF_PATH", "PACKAGES_PATH",
-             "EFI_SOURCE", "EDK_SOURCE", "ECP_SOURCE", "PYTHONPATH", "ELF_PACKAGE_METADATA")
+             "EFI_SOURCE", "EDK_SOURCE", "ECP_SOURCE", "PYTHONPATH", "ELF_PACKAGE_METADATA",
+             # an outer make's jobserver and flags (e.g. under 'make demo')
+             "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS")
 
 
 # -- descriptor ----------------------------------------------------------------------------------
@@ -481,7 +484,7 @@ def build_cached(store, desc: FirmwareBuild, jobs: int = 2, offline: bool = Fals
     :func:`cache_key`."""
     key = cache_key(desc, desc.source.files)
     ref = store.get_ref("firmware-build", key)
-    if ref and store.has(ref.get("sha256", "")):
+    if ref and store.has(ref.get("sha256", "")) and ref["sha256"] == (desc.sha256 or ref["sha256"]):
         return store.get_bytes(ref["sha256"], f"firmware build {desc.name}")
     from builder.sources.debian import fetch_source
     tarballs = fetch_source(store, desc.source.package, desc.source.version, desc.source.suite,
