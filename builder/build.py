@@ -35,6 +35,7 @@ class BuildOptions:
     force: bool = False
     store_root: Path | None = None
     jobs: int = 0                 # 0: all cores
+    sign_key: Path | None = None  # ECDSA private key (PEM): write manifest.json.sig
 
 
 @dataclass
@@ -205,6 +206,9 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     files = dict(artifacts)
     files["manifest.json"] = dumps(manifest)
     files["SHA256SUMS"] = sha256sums(files)
+    if options.sign_key is not None:
+        from builder.emit.signature import SIGNATURE_NAME, sign_manifest_file
+        files[SIGNATURE_NAME] = sign_manifest_file(files["manifest.json"], options.sign_key)
     up_to_date = _same_as_disk(out, files)
     with log.step("write", c.timings):
         if not up_to_date:

@@ -33,7 +33,7 @@ from builder.errors import CCBuildError, CheckFailed
 OK, FAIL, SKIP, INFO = "ok", "FAIL", "skip", "info"
 # Files OUT may hold beyond manifest.json's outputs: the manifest itself, its sums, its signature.
 META_FILES = ("manifest.json", "SHA256SUMS")
-SIGNATURE_FILE = "manifest.json.sig"
+SIGNATURE_FILE = "manifest.json.sig"   # builder.emit.signature.SIGNATURE_NAME
 ARTIFACTS = ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")
 
 

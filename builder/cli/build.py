@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel build jobs (default: cores)")
     p.add_argument("--cache", type=Path, help="store directory (default $CCBUILD_CACHE or "
                    "~/.cache/ccbuild)")
+    p.add_argument("--sign-key", type=Path, metavar="PEM",
+                   help="ECDSA private key: sign manifest.json into manifest.json.sig")
     p.set_defaults(func=run)
 
 
@@ -30,7 +32,7 @@ def run(args) -> int:
     res = build(args.recipe, BuildOptions(out=args.out, overrides=tuple(args.overrides),
                                           offline=args.offline, locked=args.locked,
                                           force=args.force, store_root=args.cache,
-                                          jobs=args.jobs))
+                                          jobs=args.jobs, sign_key=args.sign_key))
     if args.json:
         json.dump(res.summary(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

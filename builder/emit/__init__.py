@@ -18,6 +18,9 @@ from builder.recipe import LoadedRecipe
 from builder.store import Store
 
 EMITTERS: list[str] = [
+    # keep these two last: provenance's subjects are every file written before it
+    "builder.emit.rvps",
+    "builder.emit.provenance",
 ]
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from builder.errors import CCBuildError
 
+SIGNATURE_NAME = "manifest.json.sig"
 _HASH_BY_CURVE = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384,
                   "secp521r1": hashes.SHA512}
 
@@ -69,3 +70,13 @@ def verify_manifest(manifest: bytes, signature: bytes, pubkey_pem: bytes) -> tup
     except ValueError as e:
         return False, f"manifest.json.sig is not a DER ECDSA signature ({e})"
     return True, f"ECDSA {key.curve.name} {h.name} signature over manifest.json verifies"
+
+
+def sign_manifest_file(manifest: bytes, key_path) -> bytes:
+    """:func:`sign_manifest` with the key read from ``key_path`` (``--sign-key``)."""
+    try:
+        with open(key_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise CCBuildError(f"cannot read the signing key ({e.strerror})", "--sign-key") from None
+    return sign_manifest(manifest, pem)

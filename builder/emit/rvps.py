@@ -1,0 +1,43 @@
+"""``rvps-reference-values.json``: the measurements as a Trustee RVPS message.
+
+Trustee's Reference Value Provider Service takes ``{"version": "0.1.0", "type": "sample",
+"payload": base64(JSON {name: [values]})}`` (the "sample" extractor), and the attestation
+service's default policy reads these names: ``snp_launch_measurement`` (SNP MEASUREMENT),
+``mr_td``, ``rtmr_1`` and ``rtmr_2`` (TDX); ``rtmr_0`` and ``rtmr_3`` follow the same pattern
+and are given when the build could compute them. Values are lowercase hex, as the policy's
+evidence claims are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from builder.emit.manifest import dumps
+
+NAME = "rvps-reference-values.json"
+MESSAGE_VERSION = "0.1.0"
+
+
+def reference_values(measurements: dict) -> dict[str, list[str]]:
+    rv: dict[str, list[str]] = {}
+    if "snp" in measurements:
+        rv["snp_launch_measurement"] = sorted({e["launch_digest"] for e in measurements["snp"]})
+    if "tdx" in measurements:
+        t = measurements["tdx"]
+        rv["mr_td"] = [t["mrtd"]]
+        for i in range(4):
+            if t.get(f"rtmr{i}") is not None:
+                rv[f"rtmr_{i}"] = [t[f"rtmr{i}"]]
+    return rv
+
+
+def message(measurements: dict) -> dict:
+    payload = json.dumps(reference_values(measurements), sort_keys=True,
+                         separators=(",", ":")).encode()
+    return {"version": MESSAGE_VERSION, "type": "sample",
+            "payload": base64.standard_b64encode(payload).decode()}
+
+
+def emit(view, files: dict[str, bytes]) -> dict[str, bytes]:
+    return {NAME: dumps(message(view.measurements))}
