@@ -103,9 +103,11 @@ def key_digest(key) -> bytes:
     return hashlib.sha384(public_key_bytes(key)).digest()
 
 
-def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ECDSA P-384/SHA-384 signature of ``data`` in the 512-byte SNP format."""
-    r, s = utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA384())))
+def sign(key: ec.EllipticCurvePrivateKey, data: bytes, deterministic: bool = False) -> bytes:
+    """ECDSA P-384/SHA-384 signature of ``data`` in the 512-byte SNP format (``deterministic``:
+    RFC 6979 nonces, so a rebuild with the same key gives the same bytes)."""
+    algo = ec.ECDSA(hashes.SHA384(), deterministic_signing=deterministic)
+    r, s = utils.decode_dss_signature(key.sign(data, algo))
     out = r.to_bytes(ECDSA_COMPONENT_SIZE, "little") + s.to_bytes(ECDSA_COMPONENT_SIZE, "little")
     return out + bytes(ECDSA_SIG_SIZE - len(out))
 
@@ -148,11 +150,12 @@ def id_auth(block_sig: bytes, id_key, id_key_sig: bytes, author_key) -> bytes:
 
 
 def make_id_block(ld: bytes, id_key: ec.EllipticCurvePrivateKey,
-                  author_key: ec.EllipticCurvePrivateKey, p: IdBlockParams) -> IdBlockResult:
+                  author_key: ec.EllipticCurvePrivateKey, p: IdBlockParams,
+                  deterministic: bool = False) -> IdBlockResult:
     """Build and sign the ID block and ID auth for launch digest ``ld``."""
     block = id_block(ld, p)
-    auth = id_auth(sign(id_key, block), id_key, sign(author_key, public_key_bytes(id_key)),
-                   author_key)
+    auth = id_auth(sign(id_key, block, deterministic), id_key,
+                   sign(author_key, public_key_bytes(id_key), deterministic), author_key)
     return IdBlockResult(block, auth, key_digest(id_key), key_digest(author_key))
 
 
