@@ -189,6 +189,9 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
 
     artifacts = {"firmware.fd": fw, "vmlinuz": kernel, "initrd.img": initrd,
                  "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
+    with log.step("chain", c.timings):   # the measured view reaches the agent, or refuse
+        from builder.stages.chain import check_chain
+        check_chain(lr.recipe.platform, fw, initrd, cmdline, agent)
     view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
                      store)
     with log.step("emit", c.timings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from builder.errors import CCBuildError
 from builder.recipe import LoadedRecipe, expand_vcpus
 
 
@@ -21,11 +22,61 @@ def measure_recipe(lr: LoadedRecipe, fw: bytes, kernel: bytes, initrd: bytes,
         hashes = KernelHashes.of(kernel, initrd, cmdline)
         entries = snp_matrix(fw, hashes, expand_vcpus(r.launch.vcpus), list(r.launch.vcpu_types),
                              list(r.launch.vmms), list(r.launch.guest_features))
-        return {"snp": entries}
+        out = {"snp": entries}
+        if r.launch.snp.id_key:
+            out["snp_id"] = _sign_entries(lr, entries)
+        return _with_initdata(lr, out)
     from builder.measure.tdx import TdxParams, tdx_measurements
     from builder.measure.tdx_profile import load_profile
     t = r.launch.tdx
     params = load_profile(lr.resolve(t.profile)) if t.profile else TdxParams()
     params = replace(params, memory=r.launch.memory_mib << 20)
-    return {"tdx": tdx_measurements(fw, kernel, initrd, cmdline, params,
-                                    page_add_order=t.page_add_order)}
+    return _with_initdata(lr, {"tdx": tdx_measurements(fw, kernel, initrd, cmdline, params,
+                                                       page_add_order=t.page_add_order)})
+
+
+def _read(lr: LoadedRecipe, rel: str, where: str) -> bytes:
+    try:
+        return lr.resolve(rel).read_bytes()
+    except OSError as e:
+        raise CCBuildError(f"cannot read {rel} ({e.strerror})", f"{lr.path.name}: {where}",
+                           "paths are relative to the recipe file") from None
+
+
+def _with_initdata(lr: LoadedRecipe, out: dict) -> dict:
+    """``"initdata"``: the digest of the recipe's initdata document (exact bytes) and the value
+    it takes in the TEE (SNP HOST_DATA, TDX MRCONFIGID)."""
+    r = lr.recipe
+    if r.initdata:
+        from builder.measure.initdata import parse_initdata
+        where = f"{lr.path.name}: initdata"
+        out["initdata"] = parse_initdata(_read(lr, r.initdata, "initdata"), where).record(
+            r.platform)
+    return out
+
+
+def _sign_entries(lr: LoadedRecipe, entries: list[dict]) -> dict:
+    """ID block + ID auth (base64) for every matrix entry, signed with the recipe's keys
+    (deterministic ECDSA, so a rebuild gives the same bytes); the keys stay out of OUT."""
+    import base64
+
+    from builder.measure import idblock as ib
+    s = lr.recipe.launch.snp
+    if not s.author_key:
+        raise CCBuildError("an ID key needs an author key too", f"{lr.path.name}: "
+                           "launch.snp.author_key", "give both PEM files (P-384)")
+    id_key = ib.load_private_key(_read(lr, s.id_key, "launch.snp.id_key"), "launch.snp.id_key")
+    author = ib.load_private_key(_read(lr, s.author_key, "launch.snp.author_key"),
+                                 "launch.snp.author_key")
+    params = ib.IdBlockParams(bytes.fromhex(s.family_id), bytes.fromhex(s.image_id),
+                              s.guest_svn, s.policy)
+    id_key_sig = ib.sign(author, ib.public_key_bytes(id_key), deterministic=True)
+    for e in entries:
+        block = ib.id_block(bytes.fromhex(e["launch_digest"]), params)
+        auth = ib.id_auth(ib.sign(id_key, block, deterministic=True), id_key, id_key_sig, author)
+        e["id_block"] = base64.b64encode(block).decode()
+        e["id_auth"] = base64.b64encode(auth).decode()
+    return {"id_key_digest": ib.key_digest(id_key).hex(),
+            "author_key_digest": ib.key_digest(author).hex(),
+            "policy": f"0x{s.policy:x}", "family_id": s.family_id, "image_id": s.image_id,
+            "guest_svn": s.guest_svn}
