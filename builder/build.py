@@ -150,13 +150,30 @@ def _initrd(c: _Ctx, agent: bytes) -> bytes:
     return ini.build_initrd(spec, c.lr.recipe.source_date_epoch)
 
 
-def _cmdline(c: _Ctx) -> str:
+def _rootfs(c: _Ctx, agent: bytes):
+    from builder.stages import rootfs as rfs
+    spec_r = c.lr.recipe.rootfs
+    files = []
+    for i, f in enumerate(spec_r.files):
+        if f.source is not None:
+            data = c.add(resolve(f.source, c.opts, f"rootfs.files[{i}].source"),
+                         f"rootfs:{f.path}").data
+        else:
+            data = f.content.encode()
+        files.append(rfs.RootFile(f.path, data, f.mode))
+    spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files), spec_r.dirs,
+                          c.lr.recipe.source_date_epoch, c.lr.digest)
+    return rfs.build_rootfs_tmp(c.store, spec)
+
+
+def _cmdline(c: _Ctx, rootfs=None) -> str:
     from builder.stages.cmdline import render_cmdline
     r = c.lr.recipe
-    return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name})
+    extra = rootfs.cmdline_variables() if rootfs is not None else {}
+    return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name, **extra})
 
 
-def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes, cmdline: str) -> dict:
+def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str) -> dict:
     from builder.measure.build import measure_recipe
     return measure_recipe(c.lr, fw, kernel, initrd, cmdline)
 
@@ -180,24 +197,36 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
         kernel = _kernel(c)
     with log.step("agent", c.timings):
         agent = _agent(c)
-    with log.step("initrd", c.timings):
-        initrd = _initrd(c, agent)
+    rootfs = initrd = None
+    if lr.recipe.rootfs is not None:   # Kata's image boot: verity root, no initrd
+        with log.step("rootfs", c.timings):
+            rootfs = _rootfs(c, agent)
+    else:
+        with log.step("initrd", c.timings):
+            initrd = _initrd(c, agent)
     with log.step("cmdline", c.timings):
-        cmdline = _cmdline(c)
+        cmdline = _cmdline(c, rootfs)
     with log.step("measure", c.timings):
         measurements = _measure(c, fw, kernel, initrd, cmdline)
 
-    artifacts = {"firmware.fd": fw, "vmlinuz": kernel, "initrd.img": initrd,
+    image = {"initrd.img": initrd} if rootfs is None else {"rootfs.img": rootfs.image}
+    artifacts = {"firmware.fd": fw, "vmlinuz": kernel, **image,
                  "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
     with log.step("chain", c.timings):   # the measured view reaches the agent, or refuse
-        from builder.stages.chain import check_chain
-        check_chain(lr.recipe.platform, fw, initrd, cmdline, agent)
-    view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
-                     store)
+        if rootfs is None:
+            from builder.stages.chain import check_chain
+            check_chain(lr.recipe.platform, fw, initrd, cmdline, agent)
+        else:
+            from builder.stages.rootfs import check_chain as check_rootfs_chain
+            check_rootfs_chain(lr.recipe.platform, fw, rootfs, cmdline)
+    view = BuildView(lr, fw, kernel, initrd if initrd is not None else b"", cmdline, agent,
+                     measurements, tuple(c.inputs), store)
     with log.step("emit", c.timings):
         for extra in run_emitters(view, artifacts):
             artifacts.update(extra)
-    chain = {"firmware": _h(fw), "kernel": _h(kernel), "initrd": _h(initrd),
+    image_chain = ({"initrd": _h(initrd)} if rootfs is None else
+                   {"rootfs": _h(rootfs.image), "verity_root_hash": rootfs.root_hash})
+    chain = {"firmware": _h(fw), "kernel": _h(kernel), **image_chain,
              "cmdline": _h(cmdline.encode()), "agent": _h(agent)}
     build_key = hashlib.sha256(dumps([lr.digest, c.inputs, __version__])).hexdigest()
     manifest = make_manifest(name=lr.name, platform=lr.recipe.platform,
