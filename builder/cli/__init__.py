@@ -21,6 +21,7 @@ VERB_MODULES = [
     "builder.cli.measure",
     "builder.cli.idblock",
     "builder.cli.inspect",
+    "builder.cli.boot",
     "builder.cli.verify",
 ]
 
