@@ -53,9 +53,8 @@ def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, wh
     full_env.update(env or {})
     tail: collections.deque = collections.deque(maxlen=100)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as lf:
+    with open(log_path, "ab", buffering=0) as lf:      # unbuffered: `tail -f` follows it
         lf.write(b"+ " + " ".join(args).encode() + b"\n")
-        lf.flush()
         try:
             proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

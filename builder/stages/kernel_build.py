@@ -244,9 +244,9 @@ def _display(p: Path, written: str) -> str:
         return written
 
 
-def build_for_recipe(lr, store, opts, jobs: int) -> tuple[bytes, list[dict]]:
-    """The recipe's ``kernel.build``: resolve the source, read the fragments, build (or take
-    from the cache). Returns the bzImage and the manifest input records."""
+def spec_for_recipe(lr, store, opts) -> tuple[Path, KernelBuildSpec, list[dict]]:
+    """The recipe's ``kernel.build`` resolved: the tarball (verified, in the store), the build
+    spec and the manifest input records of the source and the fragments."""
     from builder.sources.resolve import resolve
     kb = lr.recipe.kernel.build
     r = resolve(kb.source, opts, "kernel.build.source")
@@ -266,7 +266,14 @@ def build_for_recipe(lr, store, opts, jobs: int) -> tuple[bytes, list[dict]]:
                         "sha256": f.sha256})
     tar_sha = store.put_bytes(r.data)
     spec = KernelBuildSpec(tar_sha, tuple(frags), lr.recipe.source_date_epoch)
-    res = build_cached(store, store.verified_path(tar_sha, "kernel source"), spec, jobs=jobs)
+    return store.verified_path(tar_sha, "kernel source"), spec, records
+
+
+def build_for_recipe(lr, store, opts, jobs: int) -> tuple[bytes, list[dict]]:
+    """The recipe's ``kernel.build``, built (or taken from the cache). Returns the bzImage and
+    the manifest input records (source, fragments, the built kernel with its toolchain)."""
+    tarball, spec, records = spec_for_recipe(lr, store, opts)
+    res = build_cached(store, tarball, spec, jobs=jobs)
     if not res.cached:
         log.info(f"kernel: built in {res.seconds:.0f}s, {len(res.bzimage)} bytes")
     records.append({"role": "kernel", "kind": "build", "name": "linux",

@@ -138,7 +138,7 @@ def make_fs(spec: RootfsSpec, work: Path, log_path: Path | None = None) -> tuple
     if spec.format not in FORMATS:
         raise CCBuildError(f"unknown rootfs format {spec.format!r}", "rootfs.format")
     root = work / "root"
-    root.mkdir()
+    root.mkdir(parents=True)
     _stage(spec, root)
     img = work / "fs.img"
     fs_uuid = derived_uuid(spec.seed, "fs uuid")

@@ -1,0 +1,225 @@
+"""Measured rootfs (builder.stages.rootfs): reproducible erofs/ext4 images, Kata's partition
+layout, the verity pin on the command line, and real boots: the verity recipe reaches the agent,
+a one-byte change in the image makes the kernel refuse the block."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from builder.errors import CCBuildError
+from builder.formats.verity import VerityParams, hash_tree
+from builder.stages import rootfs as rfs
+
+AGENT = b"\x7fELF" + bytes(range(256)) * 40     # stand-in bytes; the boot tests use the real one
+EPOCH = 1735689600
+
+
+def _spec(fmt: str, seed: str = "ab" * 32, **kw) -> rfs.RootfsSpec:
+    return rfs.RootfsSpec(fmt, kw.pop("agent", AGENT),
+                          kw.pop("files", (rfs.RootFile("/etc/hostname", b"kata\n"),
+                                           rfs.RootFile("/usr/share/x/data", b"d" * 9000, 0o600))),
+                          kw.pop("dirs", ("/var/lib/empty",)), EPOCH, seed)
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (scripts/install-deps)")
+
+
+def _partitions(image: bytes) -> list[tuple[int, int]]:
+    assert image[510:512] == b"\x55\xaa"
+    out = []
+    for i in range(4):
+        e = image[446 + 16 * i: 462 + 16 * i]
+        ptype, start, count = e[4], *struct.unpack_from("<II", e, 8)
+        if ptype:
+            assert ptype == 0x83
+            out.append((start * 512, count * 512))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["erofs", "ext4"])
+def test_image_is_reproducible_across_dirs_and_umask(fmt, tmp_path):
+    _need("mkfs.erofs" if fmt == "erofs" else "mkfs.ext4")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b-longer-name").mkdir()
+    one = rfs.build_rootfs(_spec(fmt), tmp_path / "a")
+    old = os.umask(0o077)
+    try:
+        two = rfs.build_rootfs(_spec(fmt), tmp_path / "b-longer-name")
+    finally:
+        os.umask(old)
+    assert hashlib.sha256(one.image).digest() == hashlib.sha256(two.image).digest()
+    assert one.root_hash == two.root_hash
+    other = rfs.build_rootfs(_spec(fmt, seed="cd" * 32), tmp_path / "c")
+    assert other.root_hash != one.root_hash and other.fs_uuid != one.fs_uuid
+    assert other.verity.params.salt != one.verity.params.salt
+
+
+@pytest.mark.parametrize("fmt", ["erofs", "ext4"])
+def test_layout_is_katas_partitioned_image(fmt, tmp_path):
+    _need("mkfs.erofs" if fmt == "erofs" else "mkfs.ext4")
+    r = rfs.build_rootfs(_spec(fmt), tmp_path)
+    (p1, n1), (p2, n2) = _partitions(r.image)
+    assert p1 == 1 << 20 and r.image[p1:p1 + n1] == r.fs and p2 == p1 + n1
+    fs = r.image[p1:p1 + n1]
+    tree = hash_tree(fs, VerityParams(salt=r.verity.params.salt))
+    assert r.image[p2:p2 + len(tree.tree)] == tree.tree and len(r.image) == p2 + n2
+    assert tree.root_hash.hex() == r.root_hash
+    assert r.verity.data_blocks == n1 // 4096
+    v = r.cmdline_variables()
+    assert v["verity_params"] == (
+        f'dm-mod.create="dm-verity,,,ro,0 {n1 // 512} verity 1 /dev/vda1 /dev/vda2 4096 4096 '
+        f'{n1 // 4096} 0 sha256 {r.root_hash} {r.verity.params.salt.hex()}" root=/dev/dm-0 '
+        f"rootfstype={fmt} ro")
+
+
+def test_veritysetup_verifies_the_partitions(tmp_path):
+    """veritysetup (independent) accepts p2 as the tree of p1 with the cmdline's root hash."""
+    _need("veritysetup")
+    _need("mkfs.erofs")
+    r = rfs.build_rootfs(_spec("erofs"), tmp_path)
+    (p1, n1), (p2, n2) = _partitions(r.image)
+    (tmp_path / "p1").write_bytes(r.image[p1:p1 + n1])
+    (tmp_path / "p2").write_bytes(r.image[p2:p2 + n2])
+    cp = subprocess.run(["veritysetup", "verify", "--no-superblock", "--hash=sha256",
+                         f"--salt={r.verity.params.salt.hex()}",
+                         f"--data-blocks={r.verity.data_blocks}", str(tmp_path / "p1"),
+                         str(tmp_path / "p2"), r.root_hash], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+
+
+def test_erofs_contents_agent_modes_owner_times(tmp_path):
+    _need("mkfs.erofs")
+    if shutil.which("fsck.erofs") is None:
+        pytest.skip("fsck.erofs is not installed (erofs-utils)")
+    r = rfs.build_rootfs(_spec("erofs"), tmp_path / "w")
+    (tmp_path / "fs.img").write_bytes(r.fs)
+    ex = tmp_path / "x"
+    subprocess.run(["fsck.erofs", f"--extract={ex}", str(tmp_path / "fs.img")], check=True,
+                   capture_output=True)
+    assert (ex / "sbin" / "init").read_bytes() == AGENT
+    assert (ex / "etc" / "hostname").read_bytes() == b"kata\n"
+    assert (ex / "usr/share/x/data").stat().st_mode & 0o7777 == 0o600
+    assert (ex / "sbin" / "init").stat().st_mode & 0o7777 == 0o755
+    for d in ("dev", "proc", "sys", "var/lib/empty"):
+        assert (ex / d).is_dir()
+    assert (ex / "sbin" / "init").stat().st_mtime == EPOCH
+
+
+def test_ext4_contents_and_fsck(tmp_path):
+    _need("mkfs.ext4")
+    r = rfs.build_rootfs(_spec("ext4"), tmp_path / "w")
+    img = tmp_path / "fs.img"
+    img.write_bytes(r.fs)
+    assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
+    cat = subprocess.run(["debugfs", "-R", "cat /sbin/init", str(img)], capture_output=True)
+    assert cat.stdout == AGENT
+    stat = subprocess.run(["debugfs", "-R", "stat /etc/hostname", str(img)],
+                          capture_output=True, text=True).stdout
+    assert "User:     0   Group:     0" in stat and "2025" in stat
+
+
+def _fake(tmp_path) -> rfs.Rootfs:
+    tree = hash_tree(bytes(4096 * 4), VerityParams(salt=b"\x01" * 32))
+    return rfs.Rootfs(b"", bytes(4096 * 4), tree, "u", "erofs")
+
+
+@pytest.mark.parametrize("cmdline,msg", [
+    ("console=ttyS0", "does not carry the rootfs' dm-verity table"),
+    ("{v} root=/dev/vda1", "root must be the verity device"),
+    ("{v} init=/bin/sh", "init=/bin/sh"),
+    ('{v} dm-mod.create="x,,,ro,0 8 linear /dev/vda1 0"', "other device-mapper tables"),
+])
+def test_cmdline_must_pin_the_rootfs(tmp_path, cmdline, msg):
+    r = _fake(tmp_path)
+    with pytest.raises(CCBuildError, match=msg):
+        rfs.check_cmdline(cmdline.format(v=r.root_params()), r)
+    rfs.check_cmdline("console=ttyS0 " + r.root_params() + " quiet", r)
+
+
+def test_recipe_refuses_unmeasured_rootfs_and_initrd_files(tmp_path):
+    from builder.recipe import RecipeError, load_recipe
+    base = ("platform: snp\nfirmware: {source: {path: fw.fd}}\nagent: {build: test-agent}\n"
+            "kernel: {source: {path: k}}\n")
+    (tmp_path / "a.yaml").write_text(base + "rootfs: {format: erofs, verity: false}\n")
+    with pytest.raises(RecipeError, match=r"rootfs\.verity: a rootfs without dm-verity"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text(
+        base + "rootfs: {format: ext4}\ninitrd: {files: [{path: /x, content: y}]}\n")
+    with pytest.raises(RecipeError, match=r"initrd: a recipe with a rootfs boots without"):
+        load_recipe(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text(base + "rootfs: {files: [{path: /sbin/init, content: x}]}\n")
+    with pytest.raises(RecipeError, match=r"rootfs\.files\[0\]\.path: /sbin/init is the agent"):
+        load_recipe(tmp_path / "c.yaml")
+
+
+# -- the verity recipe, built and booted (slow, boot) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def verity_out(recipe_file, tmp_path_factory):
+    from builder.build import BuildOptions, build
+    out = tmp_path_factory.mktemp("snp-verity") / "out"
+    return build(recipe_file("snp-verity"), BuildOptions(out=out, jobs=2))
+
+
+@pytest.mark.slow
+def test_verity_build_outputs_and_chain(verity_out):
+    files = verity_out.files
+    assert "initrd.img" not in files and "rootfs.img" in files
+    chain = verity_out.manifest["chain"]
+    assert chain["rootfs"] == hashlib.sha256(files["rootfs.img"]).hexdigest()
+    cmdline = files["cmdline.txt"].decode()
+    assert f"sha256 {chain['verity_root_hash']} " in cmdline and "root=/dev/dm-0" in cmdline
+    (p1, n1), _ = _partitions(files["rootfs.img"])
+    assert hash_tree(files["rootfs.img"][p1:p1 + n1],
+                     VerityParams(salt=bytes.fromhex(cmdline.split('"')[1].split()[-1]))
+                     ).root_hash.hex() == chain["verity_root_hash"]
+
+
+@pytest.mark.slow
+def test_verity_rebuild_is_bit_identical(verity_out, recipe_file, tmp_path):
+    from builder.build import BuildOptions, build
+    again = build(recipe_file("snp-verity"), BuildOptions(out=tmp_path / "out", jobs=2))
+    assert again.files["rootfs.img"] == verity_out.files["rootfs.img"]
+    assert again.manifest["chain"]["verity_root_hash"] == \
+        verity_out.manifest["chain"]["verity_root_hash"]
+    assert again.measurements == verity_out.measurements
+
+
+@pytest.mark.slow
+@pytest.mark.boot
+def test_verity_recipe_boots_the_agent(verity_out, tmp_path):
+    import guestboot
+    b = guestboot.boot(verity_out.out, tmp_path / "serial.log")
+    assert b.ready, b.serial[-3000:]
+    assert "cmdline " + verity_out.files["cmdline.txt"].decode() in b.serial
+    print(f"\nverity rootfs boot to ready: {b.seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.boot
+def test_one_changed_byte_makes_the_kernel_refuse_the_block(verity_out, tmp_path):
+    """Flip one byte of the agent's data inside p1: dm-verity refuses that block, the kernel
+    cannot run /sbin/init, and the agent never reports ready."""
+    import guestboot
+    image = bytearray(verity_out.files["rootfs.img"])
+    (p1, n1), _ = _partitions(bytes(image))
+    agent_sha = verity_out.manifest["chain"]["agent"]
+    fs = bytes(image[p1:p1 + n1])
+    # the agent's first full block: erofs stores plain file data block aligned
+    off = next(o for o in range(0, len(fs), 4096) if fs[o:o + 4] == b"\x7fELF")
+    image[p1 + off + 1000] ^= 0x01
+    bad = tmp_path / "rootfs.img"
+    bad.write_bytes(bytes(image))
+    b = guestboot.boot(verity_out.out, tmp_path / "serial.log", rootfs=bad, timeout=180)
+    assert not b.ready, "the guest ran a modified agent"
+    assert "verity" in b.serial and "corrupted" in b.serial, b.serial[-3000:]
+    assert agent_sha not in b.serial
