@@ -133,17 +133,23 @@ def _agent(c: _Ctx) -> bytes:
     return data
 
 
+def _file_contents(c: _Ctx, section: str) -> list[tuple[str, bytes, int]]:
+    """(path, bytes, mode) of the recipe's ``<section>.files`` (inline or pinned sources)."""
+    out = []
+    for i, f in enumerate(getattr(c.lr.recipe, section).files):
+        if f.source is not None:
+            data = c.add(resolve(f.source, c.opts, f"{section}.files[{i}].source"),
+                         f"{section}:{f.path}").data
+        else:
+            data = f.content.encode()
+        out.append((f.path, data, f.mode))
+    return out
+
+
 def _initrd(c: _Ctx, agent: bytes) -> bytes:
     from builder.stages import initrd as ini
     spec_r = c.lr.recipe.initrd
-    files = []
-    for i, f in enumerate(spec_r.files):
-        if f.source is not None:
-            data = c.add(resolve(f.source, c.opts, f"initrd.files[{i}].source"),
-                         f"initrd:{f.path}").data
-        else:
-            data = f.content.encode()
-        files.append(ini.File(f.path, data, f.mode))
+    files = [ini.File(*f) for f in _file_contents(c, "initrd")]
     spec = ini.InitrdSpec(agent=agent, compression=spec_r.compression, files=tuple(files),
                           symlinks=tuple(ini.Symlink(s.path, s.target) for s in spec_r.symlinks),
                           dirs=ini.DEFAULT_DIRS + tuple(ini.Dir(d) for d in spec_r.dirs))
@@ -153,14 +159,7 @@ def _initrd(c: _Ctx, agent: bytes) -> bytes:
 def _rootfs(c: _Ctx, agent: bytes):
     from builder.stages import rootfs as rfs
     spec_r = c.lr.recipe.rootfs
-    files = []
-    for i, f in enumerate(spec_r.files):
-        if f.source is not None:
-            data = c.add(resolve(f.source, c.opts, f"rootfs.files[{i}].source"),
-                         f"rootfs:{f.path}").data
-        else:
-            data = f.content.encode()
-        files.append(rfs.RootFile(f.path, data, f.mode))
+    files = [rfs.RootFile(*f) for f in _file_contents(c, "rootfs")]
     spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files), spec_r.dirs,
                           c.lr.recipe.source_date_epoch, c.lr.digest)
     return rfs.build_rootfs_tmp(c.store, spec)
