@@ -28,7 +28,10 @@ from builder import log
 from builder.errors import CCBuildError
 
 QEMU = "qemu-system-x86_64"
-BOOT_FILES = ("vmlinuz", "initrd.img", "cmdline.txt", "firmware.fd")
+BOOT_FILES = ("vmlinuz", "cmdline.txt", "firmware.fd")
+# The guest's image: an initrd, or (Kata's image boot) a dm-verity rootfs on the first virtio-blk
+# disk, read-only, whose root hash the measured cmdline carries.
+IMAGES = ("initrd.img", "rootfs.img")
 KVM_PROBE_TIMEOUT = 20.0       # a KVM boot of these guests takes ~2 s; a broken KVM fails at once
 POWEROFF_GRACE = 15.0          # after the ready line, time for the agent to power the VM off
 _KVM_FAILURE = re.compile(rb"KVM internal error|failed to initialize kvm|Could not access KVM",
@@ -55,6 +58,7 @@ class OutDir:
     readiness: str
     memory_mib: int
     agent_sha256: str | None
+    image: str = "initrd.img"      # initrd.img | rootfs.img
 
 
 @dataclass
@@ -95,7 +99,8 @@ def load_out(out: Path) -> OutDir:
         re.compile(readiness)
     except re.error as e:
         raise CCBuildError(f"bad readiness regex in manifest.json ({e})", where) from None
-    for name in BOOT_FILES:
+    image = next((n for n in IMAGES if n in outputs), IMAGES[0])
+    for name in BOOT_FILES + (image,):
         p = out / name
         if not p.is_file():
             raise CCBuildError(f"{name} is missing", where, "rebuild OUT")
@@ -103,7 +108,7 @@ def load_out(out: Path) -> OutDir:
             raise CCBuildError(f"{name} does not match manifest.json (changed after the build)",
                                where, "rebuild OUT")
     return OutDir(out, manifest["recipe"].get("name") or out.name, platform, readiness, memory,
-                  (manifest.get("chain") or {}).get("agent"))
+                  (manifest.get("chain") or {}).get("agent"), image)
 
 
 def _sha256(p: Path) -> str:
@@ -146,8 +151,14 @@ def qemu_argv(o: OutDir, accel: str, bios: list[str], serial_log: Path,
             "-smp", "1", "-m", str(o.memory_mib), "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot", "-monitor", "none",
             "-serial", f"file:{serial_log}", *bios,
-            "-kernel", str(o.path / "vmlinuz"), "-initrd", str(o.path / "initrd.img"),
-            "-append", cmdline]
+            "-kernel", str(o.path / "vmlinuz"), *image_args(o), "-append", cmdline]
+
+
+def image_args(o: OutDir) -> list[str]:
+    if o.image == "rootfs.img":      # /dev/vda: p1 the file system, p2 its verity tree
+        return ["-drive", f"file={o.path / o.image},format=raw,if=none,id=rootfs,readonly=on",
+                "-device", "virtio-blk-pci,drive=rootfs"]
+    return ["-initrd", str(o.path / o.image)]
 
 
 # -- one QEMU run --------------------------------------------------------------------------------

@@ -1,63 +1,43 @@
-"""Boot helpers shared by the kernel and rootfs tests: one non-confidential QEMU/TCG boot of a
-build output (SeaBIOS, direct kernel boot, serial log), initrd or verity rootfs."""
+"""Boot helpers shared by the kernel and rootfs tests, on top of builder.boot (``ccbuild boot``):
+a TCG boot of a build output, or of a copy of it with one file replaced (another kernel, a
+modified rootfs) that the manifest check of ``ccbuild boot`` would rightly refuse."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-READY = b"ccbuild-test-agent: ready sha256="
+from builder import boot as bt
 
 
-@dataclass
-class Boot:
-    ready: bool
-    seconds: float
-    serial: str
-    returncode: int | None
+def need_qemu() -> None:
+    if shutil.which(bt.QEMU) is None:
+        pytest.skip(f"{bt.QEMU} is not installed (scripts/install-deps)")
 
 
-def need_qemu() -> str:
-    q = shutil.which("qemu-system-x86_64")
-    if q is None:
-        pytest.skip("qemu-system-x86_64 is not installed (scripts/install-deps)")
-    return q
+def boot(out: Path, serial: Path, timeout: float = 240.0) -> bt.BootResult:
+    """``ccbuild boot OUT --accel tcg``: the exact artifacts and measured cmdline."""
+    need_qemu()
+    return bt.boot(out, bt.BootOptions(accel="tcg", timeout=timeout, log=serial))
 
 
-def boot(out: Path, log: Path, *, kernel: Path | None = None, initrd: Path | None = None,
-         rootfs: Path | None = None, cmdline: str | None = None,
-         timeout: float = 240.0) -> Boot:
-    """Boot OUT's vmlinuz with OUT's initrd.img or rootfs.img (virtio-blk, read-only) and the
-    exact cmdline.txt; wait for the agent's readiness line and its power-off."""
-    qemu = need_qemu()
-    kernel = kernel or out / "vmlinuz"
-    if initrd is None and rootfs is None:
-        if (out / "initrd.img").exists():
-            initrd = out / "initrd.img"
-        else:
-            rootfs = out / "rootfs.img"
-    cmdline = cmdline if cmdline is not None else (out / "cmdline.txt").read_text()
-    argv = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-monitor", "none", "-serial", f"file:{log}", "-kernel", str(kernel),
-            "-append", cmdline]
-    if initrd is not None:
-        argv += ["-initrd", str(initrd)]
-    if rootfs is not None:
-        argv += ["-drive", f"file={rootfs},format=raw,if=none,id=root,readonly=on",
-                 "-device", "virtio-blk-pci,drive=root"]
-    t0 = time.monotonic()
-    try:
-        cp = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, timeout=timeout)
-        rc = cp.returncode
-    except subprocess.TimeoutExpired:
-        rc = None
-    dt = time.monotonic() - t0
-    serial = log.read_bytes() if log.exists() else b""
-    return Boot(READY in serial, dt, serial.decode(errors="replace"), rc)
+def boot_replaced(out: Path, work: Path, name: str, data: bytes, serial: Path,
+                  timeout: float = 240.0) -> bt.BootResult:
+    """Boot a copy of OUT whose file ``name`` is ``data`` (same QEMU command line otherwise)."""
+    need_qemu()
+    o = bt.load_out(out)
+    copy = work / "out-copy"
+    shutil.copytree(out, copy)
+    (copy / name).write_bytes(data)
+    o = dataclasses.replace(o, path=copy)
+    bios, fw = bt.firmware_args(o, "auto")
+    argv = bt.qemu_argv(o, "tcg", bios, serial)
+    ready, secs, reason, line = bt.run_qemu(argv, serial, o.readiness, timeout)
+    return bt.BootResult(ready, secs, serial, "tcg", fw, reason, line, argv)
+
+
+def serial_text(r: bt.BootResult) -> str:
+    return r.log.read_bytes().decode(errors="replace") if r.log.exists() else ""

@@ -185,14 +185,13 @@ def test_minimal_kernel_boots_the_agent_next_to_debian_kernel(minimal_out, minim
     from builder.recipe import load_recipe
     out = minimal_out.out
     b = guestboot.boot(out, tmp_path / "minimal.log")
-    assert b.ready, b.serial[-2000:]
-    assert "cmdline " + minimal_out.files["cmdline.txt"].decode() in b.serial
+    assert b.ready, b.reason + guestboot.serial_text(b)[-2000:]
+    assert "cmdline " + minimal_out.files["cmdline.txt"].decode() in guestboot.serial_text(b)
 
     src = load_recipe(recipe_file("snp")).recipe.kernel.source
     debian = debian_file(src.debian, src.version, src.suite, src.member)
-    (tmp_path / "debian-vmlinuz").write_bytes(debian)
-    d = guestboot.boot(out, tmp_path / "debian.log", kernel=tmp_path / "debian-vmlinuz")
-    assert d.ready, d.serial[-2000:]
+    d = guestboot.boot_replaced(out, tmp_path, "vmlinuz", debian, tmp_path / "debian.log")
+    assert d.ready, d.reason + guestboot.serial_text(d)[-2000:]
     with capsys.disabled():
         print(f"\n  minimal kernel (source, fragments): {len(minimal_kernel.bzimage):>9} bytes, "
               f"build {minimal_kernel.seconds:5.0f} s (2 cores), boot to ready {b.seconds:5.1f} s")

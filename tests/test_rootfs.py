@@ -199,8 +199,10 @@ def test_verity_rebuild_is_bit_identical(verity_out, recipe_file, tmp_path):
 def test_verity_recipe_boots_the_agent(verity_out, tmp_path):
     import guestboot
     b = guestboot.boot(verity_out.out, tmp_path / "serial.log")
-    assert b.ready, b.serial[-3000:]
-    assert "cmdline " + verity_out.files["cmdline.txt"].decode() in b.serial
+    serial = guestboot.serial_text(b)
+    assert b.ready, b.reason + serial[-3000:]
+    assert "-initrd" not in b.argv and any("virtio-blk" in a for a in b.argv)
+    assert "cmdline " + verity_out.files["cmdline.txt"].decode() in serial
     print(f"\nverity rootfs boot to ready: {b.seconds:.1f} s")
 
 
@@ -217,9 +219,9 @@ def test_one_changed_byte_makes_the_kernel_refuse_the_block(verity_out, tmp_path
     # the agent's first full block: erofs stores plain file data block aligned
     off = next(o for o in range(0, len(fs), 4096) if fs[o:o + 4] == b"\x7fELF")
     image[p1 + off + 1000] ^= 0x01
-    bad = tmp_path / "rootfs.img"
-    bad.write_bytes(bytes(image))
-    b = guestboot.boot(verity_out.out, tmp_path / "serial.log", rootfs=bad, timeout=180)
+    b = guestboot.boot_replaced(verity_out.out, tmp_path, "rootfs.img", bytes(image),
+                                tmp_path / "serial.log", timeout=180)
+    serial = guestboot.serial_text(b)
     assert not b.ready, "the guest ran a modified agent"
-    assert "verity" in b.serial and "corrupted" in b.serial, b.serial[-3000:]
-    assert agent_sha not in b.serial
+    assert "verity" in serial and "corrupted" in serial, b.reason + serial[-3000:]
+    assert agent_sha not in serial
