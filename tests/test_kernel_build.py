@@ -86,6 +86,21 @@ def test_recipe_kernel_needs_exactly_one(tmp_path):
         load_recipe(tmp_path / "nofrag.yaml")
 
 
+def test_shipped_recipes_share_one_kernel():
+    """snp/tdx minimal and verity recipes name the same source and fragments: one build (and one
+    cache entry) serves all four, so CI builds the kernel once."""
+    from pathlib import Path
+    from builder.recipe import load_recipe
+    repo = Path(__file__).resolve().parent.parent
+    builds = {n: load_recipe(repo / "recipes" / f"{n}.yaml").recipe.kernel.build
+              for n in ("snp-minimal", "tdx-minimal", "snp-verity", "tdx-verity")}
+    assert len(set(builds.values())) == 1 and None not in builds.values()
+    b = builds["snp-minimal"]
+    assert b.source.debian == "linux-source-6.12" and b.source.sha256
+    for rel in b.fragments:
+        kb.parse_config((repo / "recipes" / rel).read_text(), rel)
+
+
 # -- the real kernel (slow) ------------------------------------------------------------------
 
 
