@@ -568,6 +568,9 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
                         f"{vr.product})"))
         except CheckFailed as e:
             v.add(Check("signature", FAIL, e.one_line()))
+        except ValueError as e:        # cryptography parses certificate fields lazily
+            v.add(Check("signature", FAIL, "a certificate of the chain is damaged and cannot be "
+                        f"read ({str(e).splitlines()[0][:160]})"))
     m = out.measurements or {}
     entries = m.get("snp")
     matched = None
@@ -583,8 +586,13 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
                         f"(sig {matched['vcpu_sig']}), VMM {matched['vmm']}, guest features "
                         f"{matched['guest_features']}"))
         elif hits:
-            v.add(Check("measurement", FAIL, f"matches {len(hits)} entries (duplicate digests "
-                        "in measurements.json)"))
+            matched = hits[0]
+            names = "; ".join(f"entry {entries.index(h) + 1}: {h['vcpus']} vCPU, "
+                              f"{h['vcpu_type']}, VMM {h['vmm']}, features {h['guest_features']}"
+                              for h in hits)
+            v.add(Check("measurement", OK, f"matches {len(hits)} entries of {len(entries)} that "
+                        "share this digest (it does not depend on what differs between them): "
+                        + names))
         else:
             v.add(Check("measurement", FAIL, f"MEASUREMENT matches none of the {len(entries)} "
                         "entries: other artifacts, or launch parameters outside the recipe's "
