@@ -18,6 +18,8 @@ from builder.recipe import LoadedRecipe
 from builder.store import Store
 
 EMITTERS: list[str] = [
+    "builder.emit.qemu",
+    "builder.emit.kata",
     # keep these two last: provenance's subjects are every file written before it
     "builder.emit.rvps",
     "builder.emit.provenance",

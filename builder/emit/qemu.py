@@ -1,0 +1,140 @@
+"""``qemu-snp.sh`` / ``qemu-tdx.sh``: the confidential QEMU command line of every measured
+configuration, from the same data the measurements used, each with the values it yields
+printed beside it.
+
+The argument lists are built here (one list per configuration) and only rendered by the
+template, so a test can parse them back and recompute the digest. Artifacts are referenced as
+``"$ARTIFACTS"/<file>`` (default: the script's directory); no path of the build machine is
+written. The command line is the exact measured string (cmdline.txt), quoted in place.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from builder import __version__
+from builder.emit import BuildView
+from builder.emit.templating import render
+
+ARTIFACT_FILES = ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")
+# C-bit position and physical address reduction of current EPYC parts (CPUID 0x8000001F); they
+# are not measured, but QEMU wants them. Check yours with `cpuid -1 -l 0x8000001f`.
+SNP_CBITPOS = 51
+SNP_REDUCED_PHYS_BITS = 1
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An argument that names a file in OUT (rendered as "$ARTIFACTS"/name)."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    number: int
+    title: str                      # one line: the parameters
+    values: tuple[tuple[str, str], ...]   # (name, value) printed beside the command
+    groups: tuple[tuple[str | Artifact, ...], ...]   # QEMU arguments: (option[, value]) each
+    notes: tuple[str, ...] = ()
+
+    @property
+    def argv(self) -> list[str | Artifact]:
+        return [a for g in self.groups for a in g]
+
+
+def shell_word(a: str | Artifact) -> str:
+    if isinstance(a, Artifact):
+        return f'"$ARTIFACTS"/{a.name}'
+    return shlex.quote(a)
+
+
+def _boot_files(cmdline: str) -> tuple[tuple[str | Artifact, ...], ...]:
+    return (("-bios", Artifact("firmware.fd")), ("-kernel", Artifact("vmlinuz")),
+            ("-initrd", Artifact("initrd.img")), ("-append", cmdline),
+            ("-nographic",), ("-nodefaults",), ("-serial", "stdio"))
+
+
+def snp_launches(view: BuildView) -> tuple[list[Launch], list[dict]]:
+    """(QEMU launches, matrix entries that are not QEMU launches)."""
+    m = view.measurements
+    s = view.lr.recipe.launch.snp
+    mem = view.lr.recipe.launch.memory_mib
+    host_data = (m.get("initdata") or {}).get("snp_host_data_base64")
+    out, other = [], []
+    for e in m["snp"]:
+        if e["vmm"] != "qemu":
+            other.append(e)
+            continue
+        obj = ["sev-snp-guest", "id=sev0", f"cbitpos={SNP_CBITPOS}",
+               f"reduced-phys-bits={SNP_REDUCED_PHYS_BITS}", f"policy=0x{s.policy:x}",
+               "kernel-hashes=on"]
+        if "id_block" in e:
+            obj += [f"id-block={e['id_block']}", f"id-auth={e['id_auth']}",
+                    "author-key-enabled=on"]
+        if host_data:
+            obj.append(f"host-data={host_data}")
+        groups = (("-machine", "q35,confidential-guest-support=sev0,memory-backend=ram0"),
+                  ("-object",
+                   f"memory-backend-memfd,id=ram0,size={mem}M,share=true,prealloc=false"),
+                  ("-object", ",".join(obj)),
+                  ("-accel", "kvm"), ("-cpu", e["vcpu_type"]), ("-smp", str(e["vcpus"])),
+                  ("-m", f"{mem}M"), *_boot_files(view.cmdline))
+        values = [("launch_digest", e["launch_digest"])]
+        if "id_block" in e:
+            values += [("id_key_digest", m["snp_id"]["id_key_digest"]),
+                       ("author_key_digest", m["snp_id"]["author_key_digest"])]
+        if host_data:
+            values.append(("host_data", m["initdata"]["snp_host_data"]))
+        notes = ()
+        if int(e["guest_features"], 16) != 0x1:
+            notes = (f"guest features {e['guest_features']} (SEV_FEATURES) come from the host "
+                     "KVM (e.g. DebugSwap), not from this command line",)
+        out.append(Launch(len(out) + 1,
+                          f"vcpus={e['vcpus']} vcpu_type={e['vcpu_type']} "
+                          f"vcpu_sig={e['vcpu_sig']} vmm=qemu "
+                          f"guest_features={e['guest_features']} policy=0x{s.policy:x}",
+                          tuple(values), groups, notes))
+    return out, other
+
+
+def tdx_launches(view: BuildView) -> list[Launch]:
+    from builder.recipe import expand_vcpus
+    t = view.measurements["tdx"]
+    mem = view.lr.recipe.launch.memory_mib
+    init = view.measurements.get("initdata") or {}
+    obj = ["tdx-guest", "id=tdx0"]
+    if init.get("tdx_mrconfigid_base64"):
+        obj.append(f"mrconfigid={init['tdx_mrconfigid_base64']}")
+    values = [("mrtd", t["mrtd"])]
+    for r in ("rtmr0", "rtmr1", "rtmr2", "rtmr3"):
+        values.append((r, t.get(r) or f"null ({t.get(r + '_reason', 'not computed')})"))
+    if init:
+        values.append(("mrconfigid", init["tdx_mrconfigid"]))
+    out = []
+    for n in expand_vcpus(view.lr.recipe.launch.vcpus):
+        groups = (("-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0"),
+                  ("-object", ",".join(obj)),
+                  ("-accel", "kvm"), ("-cpu", "host"), ("-smp", str(n)), ("-m", f"{mem}M"),
+                  *_boot_files(view.cmdline))
+        out.append(Launch(len(out) + 1, f"vcpus={n} memory={mem}M", tuple(values), groups))
+    return out
+
+
+def emit(view: BuildView, files: dict[str, bytes]) -> dict[str, bytes]:
+    r = view.lr.recipe
+    if r.platform == "snp":
+        launches, other = snp_launches(view)
+    else:
+        launches, other = tdx_launches(view), []
+    profile = (view.measurements.get("tdx") or {}).get("profile", {}).get("name")
+    text = render("qemu.sh.j2", platform=r.platform, name=view.lr.name, version=__version__,
+                  recipe_sha256=_sha256(view.lr.text), launches=launches, other=other,
+                  words=lambda g: " ".join(map(shell_word, g)), cmdline=view.cmdline,
+                  quote=shlex.quote, profile=profile)
+    return {f"qemu-{r.platform}.sh": text.encode()}
+
+
+def _sha256(b: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(b).hexdigest()
