@@ -507,11 +507,18 @@ def check_firmware(platform: str, fw: bytes, where: str = "firmware") -> None:
     dsc, descriptor = SUGGESTED_BUILD[platform]
     hint = f"use the {dsc} build (firmware: {{build: {descriptor}}})"
     if platform == "snp":
+        from builder.errors import FormatError
         from builder.formats.ovmf import has_kernel_hashes, parse_sev_metadata
-        if parse_sev_metadata(fw) is None:
+        try:
+            meta = parse_sev_metadata(fw)
+            hashes = meta is not None and has_kernel_hashes(fw)
+        except FormatError as e:
+            raise CCBuildError(f"{where} has SEV metadata that cannot be used ({e.what} at "
+                               f"{e.where}), so no SEV KERNEL_HASHES section", hint=hint) from None
+        if meta is None:
             raise CCBuildError(f"{where} has no SEV metadata (not an SEV-capable OVMF), so no "
                                "SEV KERNEL_HASHES section", hint=hint)
-        if not has_kernel_hashes(fw):
+        if not hashes:
             raise CCBuildError(f"{where} has no SEV KERNEL_HASHES section (OVMF would not verify "
                                "kernel, initrd and command line)", hint=hint)
     else:
