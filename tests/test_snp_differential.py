@@ -215,18 +215,10 @@ def test_debian_ovmf_firmware_only(debian_file, oracle):
         mine(fw, 1, 0xA10F10, Vmm.QEMU, 0x1, b"kernel")
 
 
-@pytest.fixture
-def amdsev_build(request) -> bytes:
-    try:
-        return request.getfixturevalue("amdsev_firmware")
-    except pytest.FixtureLookupError:
-        pytest.skip("the amdsev_firmware fixture (firmware stage) is not in tests/conftest.py yet")
-
-
 @pytest.mark.slow
-def test_real_amdsev_build(amdsev_build, oracle):
+def test_real_amdsev_build(amdsev_firmware, oracle):
     from builder.formats.ovmf import has_kernel_hashes
-    fw = amdsev_build
+    fw = amdsev_firmware
     assert has_kernel_hashes(fw)
     assert measure_firmware_only(fw).launch_digest.hex() == oracle.ovmf_hash(fw)
     sig = vcpu_type("EPYC-Milan").signature
@@ -236,3 +228,18 @@ def test_real_amdsev_build(amdsev_build, oracle):
                 for vcpus in (1, 2, 64):
                     assert mine(fw, vcpus, sig, vmm, gf, k, i, a) == \
                         oracle.digest(fw, vcpus, sig, vmm, gf, k, i, a), (vmm, gf, name, vcpus)
+
+
+@pytest.mark.slow
+def test_real_inteltdx_build_firmware_only(tdvf_firmware, oracle):
+    """The IntelTdx build carries SEV metadata too (with an empty SVSM_CAA range at gpa 0):
+    measurable firmware-only, and a kernel is refused (no KERNEL_HASHES)."""
+    from builder.formats.ovmf import SectionType, parse_sev_metadata
+    fw = tdvf_firmware
+    meta = parse_sev_metadata(fw)
+    assert any(s.type == SectionType.SVSM_CAA and s.size == 0 for s in meta.sections)
+    assert measure_firmware_only(fw).launch_digest.hex() == oracle.ovmf_hash(fw)
+    for vmm in Vmm:
+        assert mine(fw, 2, 0xA00F11, vmm, 0x1) == oracle.digest(fw, 2, 0xA00F11, vmm, 0x1), vmm
+    with pytest.raises(CCBuildError, match="AmdSevX64"):
+        mine(fw, 1, 0xA00F11, Vmm.QEMU, 0x1, b"kernel")

@@ -146,6 +146,10 @@ def _check_section(fw: bytes, gpa: int, size: int, raw_type: int, off: int,
     except ValueError:
         raise FormatError(f"unknown SEV metadata section type 0x{raw_type:x}", off + 8,
                           hint="this firmware is newer than ccbuild knows how to measure") from None
+    if size == 0 and stype in (SectionType.SNP_SEC_MEM, SectionType.SVSM_CAA):
+        # An empty range (e.g. the IntelTdx build's SVSM_CAA at gpa 0): QEMU and the reference
+        # tools validate no page for it, so it adds nothing to the launch digest.
+        return SevSection(gpa, 0, stype, off)
     if size == 0 or gpa % PAGE_SIZE or size % PAGE_SIZE:
         raise FormatError(f"SEV metadata section {stype.name} gpa 0x{gpa:x} size 0x{size:x} is "
                           "empty or not page aligned", off)
