@@ -51,8 +51,11 @@ def print_summary(res) -> None:
     for path, digest, size in rows:
         print(f"  {path:<{w0}}  {size:>{w2}}  sha256:{digest}…", file=out)
     ch = res.manifest["chain"]
-    print(f"  chain: firmware {ch['firmware'][:12]} -> kernel {ch['kernel'][:12]} -> initrd "
-          f"{ch['initrd'][:12]} -> agent {ch['agent'][:12]}", file=out)
+    image = (f"initrd {ch['initrd'][:12]}" if "initrd" in ch else
+             f"cmdline {ch['cmdline'][:12]} -> verity root {ch['verity_root_hash'][:12]} "
+             f"(rootfs {ch['rootfs'][:12]})")
+    print(f"  chain: firmware {ch['firmware'][:12]} -> kernel {ch['kernel'][:12]} -> {image} "
+          f"-> agent {ch['agent'][:12]}", file=out)
     m = res.measurements
     if "snp" in m:
         e = m["snp"]
