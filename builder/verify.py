@@ -533,8 +533,9 @@ def match_snp_entries(measurement: bytes, entries: list[dict]) -> list[dict]:
 def _expected_host_data(m: dict) -> tuple[bytes, str]:
     init = m.get("initdata")
     if isinstance(init, dict):
-        if init.get("host_data"):
-            return bytes.fromhex(init["host_data"]), "initdata HOST_DATA from measurements.json"
+        for key in ("snp_host_data", "host_data"):
+            if init.get(key):
+                return bytes.fromhex(init[key]), "initdata HOST_DATA from measurements.json"
         if init.get("digest"):
             return (bytes.fromhex(init["digest"]) + bytes(32))[:32], \
                 "initdata digest from measurements.json (first 32 bytes)"
@@ -542,7 +543,7 @@ def _expected_host_data(m: dict) -> tuple[bytes, str]:
 
 
 def _expected_id_key_digest(m: dict, entry: dict | None) -> tuple[bytes, str] | None:
-    for src, where in ((entry or {}), "the matched entry"), (m.get("id_block") or {}, "id_block"):
+    for src, where in ((entry or {}), "the matched entry"), (m.get("snp_id") or {}, "snp_id"):
         for key in ("id_key_digest",):
             if isinstance(src, dict) and src.get(key):
                 return bytes.fromhex(src[key]), f"ID key digest from measurements.json ({where})"
@@ -620,7 +621,8 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
         if pol.debug:
             v.add(Check("policy debug", FAIL, "the guest policy allows debugging: the host can "
                         "read guest memory"))
-        want_pol = m.get("policy") if isinstance(m.get("policy"), int) else None
+        pol_rec = (m.get("snp_id") or {}).get("policy")
+        want_pol = int(pol_rec, 16) if isinstance(pol_rec, str) else None
         if want_pol is not None and want_pol != report.policy:
             v.add(Check("policy", FAIL, "differs from the build's policy", hex(want_pol),
                         hex(report.policy)))
@@ -709,8 +711,8 @@ def check_tdx_quote(out_path: str | Path, quote_bytes: bytes,
         else:
             v.add(Check(f"rtmr{i}", OK if want == got else FAIL, f"RTMR{i}", want, got))
     init = (out.measurements or {}).get("initdata")
-    if isinstance(init, dict) and init.get("mrconfigid"):
-        want_cfg, why = bytes.fromhex(init["mrconfigid"]), "initdata MRCONFIGID"
+    if isinstance(init, dict) and init.get("tdx_mrconfigid"):
+        want_cfg, why = bytes.fromhex(init["tdx_mrconfigid"]), "initdata MRCONFIGID"
     else:
         want_cfg, why = bytes(48), "no initdata in the build: MRCONFIGID must be zero"
     v.add(Check("mrconfigid", OK if body.mrconfigid == want_cfg else FAIL, why,

@@ -233,3 +233,23 @@ def test_bad_option_combinations_are_exit_2(snp_out):
     assert cp.returncode == 2 and cp.stderr.startswith("ccbuild: error: --signature needs")
     cp = ccbuild("verify", snp_out / "nope")
     assert cp.returncode == 2 and "Traceback" not in cp.stderr
+
+
+def test_host_data_and_id_key_from_the_build(vectors, snp_out, tmp_path):
+    """HOST_DATA against measurements.json's initdata record, ID_KEY_DIGEST and policy against
+    its snp_id record (the shapes builder.measure.build writes)."""
+    m = json.loads((snp_out / "measurements.json").read_text())
+    raw = bytearray((vectors / "snp/go-sev-guest/attestation.bin").read_bytes())
+    host = bytes(range(32))
+    raw[0xC0:0xE0] = host
+    m["initdata"] = {"snp_host_data": host.hex()}
+    m["snp_id"] = {"id_key_digest": "ab" * 48, "policy": "0x30000"}
+    write_out(snp_out, {n: (snp_out / n).read_bytes() for n in
+                        ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")}, m)
+    (tmp_path / "r").write_bytes(bytes(raw))
+    cp = ccbuild("verify", snp_out, "--snp-report", tmp_path / "r", "--json")
+    v = verdict(cp, "attestation report")
+    assert rows(v, "host_data")[0]["status"] == "ok"
+    idk = rows(v, "id_key_digest")[0]
+    assert idk["status"] == "FAIL" and idk["expected"] == "ab" * 48
+    assert [c for c in rows(v, "policy") if c["status"] == "FAIL"][0]["expected"] == "0x30000"
