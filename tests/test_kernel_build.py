@@ -64,6 +64,8 @@ def test_cache_key_covers_inputs():
     assert kb.cache_key(kb.KernelBuildSpec(s.tarball_sha256, s.fragments, 2), tools) != k
     assert kb.cache_key(s, {"gcc": "gcc 13"}) != k
     assert kb.cache_key(s, dict(tools)) == k
+    moved = kb.KernelBuildSpec(s.tarball_sha256, (kb.Fragment("../elsewhere/a", "CONFIG_X=y\n"),), 1)
+    assert kb.cache_key(moved, tools) == k          # contents, not where the fragment lives
 
 
 def test_build_env_is_fixed():

@@ -69,8 +69,9 @@ class KernelBuildSpec:
     source_date_epoch: int
 
     def identity(self) -> dict:
+        # contents only, in merge order: where a fragment lives does not change the kernel
         return {"tarball": self.tarball_sha256, "base": BASE_CONFIG,
-                "fragments": [[f.name, f.sha256] for f in self.fragments],
+                "fragments": [f.sha256 for f in self.fragments],
                 "source_date_epoch": self.source_date_epoch}
 
 
