@@ -76,8 +76,8 @@ def launch_build(tmp_path_factory, recipe_file, vectors):
 
 
 # -- parsing the generated script back --------------------------------------------------------
-BLOCK = re.compile(r'^# config (\d+): (.*)\n((?:# .*\n)*)\1\)\n  shift\n  exec "\$QEMU" \\\n'
-                   r'(.*?)\n    "\$@"\n  ;;$', re.M | re.S)
+BLOCK = re.compile(r'^# config (\d+): ([^\n]*)\n((?:# [^\n]*\n)*)\1\)\n  shift\n'
+                   r'  exec "\$QEMU" \\\n((?:    [^\n]* \\\n)*)    "\$@"\n  ;;$', re.M)
 
 
 def parse_script(text: str, out: Path) -> list[dict]:
@@ -260,13 +260,15 @@ def test_snp_kata_fragment(launch_build):
 
 def test_no_machine_paths_in_out(launch_build, tmp_path_factory):
     out, rdir = launch_build("snp", "sha384")
-    needles = [str(out), str(rdir), str(REPO), socket.gethostname(), str(Path.home())]
+    needles = [str(out), str(rdir), str(REPO), str(Path.home())]
+    host = re.compile(rb"(?<![\w.-])" + re.escape(socket.gethostname().encode()) + rb"(?![\w.-])")
     for f in out.iterdir():
         if f.name in ("firmware.fd", "vmlinuz", "initrd.img"):
             continue
         text = f.read_bytes()
         for n in needles:
             assert n.encode() not in text, (f.name, n)
+        assert not host.search(text), (f.name, "host name")
 
 
 # -- TDX ----------------------------------------------------------------------------------------
@@ -298,3 +300,20 @@ def test_tdx_script_and_fragment(launch_build):
     assert k["kernel_params"] == recipe["cmdline"]["kernel_params"]
     assert not any(x.startswith("snp_") for x in k)
     assert k["firmware"] == "@ARTIFACTS@/firmware.fd"
+
+
+def test_snp_without_keys_or_initdata(recipe_file, tmp_path):
+    out = tmp_path / "out"
+    cp = ccbuild("build", recipe_file("snp"), "-o", out)
+    assert cp.returncode == 0, cp.stderr
+    m = json.loads((out / "measurements.json").read_bytes())
+    assert "snp_id" not in m and "initdata" not in m
+    assert not any("id_block" in e for e in m["snp"])
+    configs = parse_script((out / "qemu-snp.sh").read_text(), out)
+    assert len(configs) == len([e for e in m["snp"] if e["vmm"] == "qemu"])
+    for c in configs:
+        kind, p = props(options(c["argv"])["-object"][1])
+        assert kind == "sev-snp-guest" and p["kernel-hashes"] == "on"
+        assert not {"id-block", "id-auth", "host-data", "author-key-enabled"} & set(p)
+    k = tomllib.loads((out / "kata-configuration-qemu-snp.toml").read_text())["hypervisor"]["qemu"]
+    assert k["snp_id_block"] == "" and k["snp_id_auth"] == ""
