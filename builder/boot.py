@@ -36,6 +36,7 @@ KVM_PROBE_TIMEOUT = 20.0       # a KVM boot of these guests takes ~2 s; a broken
 POWEROFF_GRACE = 15.0          # after the ready line, time for the agent to power the VM off
 _KVM_FAILURE = re.compile(rb"KVM internal error|failed to initialize kvm|Could not access KVM",
                           re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")  # firmware console codes
 _AGENT_SHA = re.compile(r"\bsha256=([0-9a-f]{64})\b")
 # Where Debian's QEMU finds SeaBIOS (q35 loads bios-256k.bin by default).
 _SEABIOS = (Path("/usr/share/qemu/bios-256k.bin"), Path("/usr/share/seabios/bios-256k.bin"))
@@ -223,7 +224,7 @@ def _find(serial_log: Path, pattern: re.Pattern) -> str | None:
         return None
     for ln in text.splitlines():
         if pattern.search(ln):
-            return ln.strip().strip("\x1b").strip()
+            return _ANSI.sub("", ln).strip()
     return None
 
 
