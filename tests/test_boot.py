@@ -57,7 +57,7 @@ def test_default_recipe_boots_to_the_agent(default_out, platform, firmware, tmp_
     cp, r = boot(out, "--timeout", "600", "--log", log)
     assert cp.returncode == 0, (cp.stderr, log.read_text(errors="replace")[-2000:])
     assert r["ready"] and firmware in r["firmware"]
-    m = READY.search(r["line"])
+    m = READY.fullmatch(r["line"])          # the clean line, no firmware console codes
     assert m, r["line"]
     manifest = json.loads((out / "manifest.json").read_bytes())
     # the agent that ran hashed itself: the chain's agent, the manifest's agent input, and
