@@ -183,7 +183,7 @@ def run_qemu(argv: list[str], serial_log: Path, readiness: str, timeout: float,
             line, reason = None, ""
             while True:
                 done = proc.poll() is not None
-                line = _find(serial_log, pattern)
+                line = _find(serial_log, pattern, final=done)
                 elapsed = time.monotonic() - t0
                 if line is not None:
                     reason = "ready"
@@ -217,11 +217,15 @@ def run_qemu(argv: list[str], serial_log: Path, readiness: str, timeout: float,
                     proc.wait()
 
 
-def _find(serial_log: Path, pattern: re.Pattern) -> str | None:
+def _find(serial_log: Path, pattern: re.Pattern, final: bool = False) -> str | None:
+    """The first line matching ``pattern``; only complete lines unless QEMU has exited
+    (``final``), so a line still being written is never cut short."""
     try:
         text = serial_log.read_bytes().decode("utf-8", errors="replace")
     except OSError:
         return None
+    if not final:
+        text = text[:text.rfind("\n") + 1]
     for ln in text.splitlines():
         if pattern.search(ln):
             return _ANSI.sub("", ln).strip()
