@@ -18,8 +18,7 @@ from builder import __version__, log
 from builder.emit import BuildView, run_emitters
 from builder.emit.manifest import dumps, make_manifest, sha256sums
 from builder.emit.outdir import write_outdir
-from builder.errors import CCBuildError
-from builder.recipe import LoadedRecipe, expand_vcpus, load_recipe
+from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
 from builder.store import Store
 
@@ -218,8 +217,8 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
         else:
             from builder.stages.rootfs import check_chain as check_rootfs_chain
             check_rootfs_chain(lr.recipe.platform, fw, rootfs, cmdline)
-    view = BuildView(lr, fw, kernel, initrd if initrd is not None else b"", cmdline, agent,
-                     measurements, tuple(c.inputs), store)
+    view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
+                     store, rootfs.image if rootfs is not None else None)
     with log.step("emit", c.timings):
         for extra in run_emitters(view, artifacts):
             artifacts.update(extra)

@@ -225,3 +225,34 @@ def test_one_changed_byte_makes_the_kernel_refuse_the_block(verity_out, tmp_path
     assert not b.ready, "the guest ran a modified agent"
     assert "verity" in serial and "corrupted" in serial, b.reason + serial[-3000:]
     assert agent_sha not in serial
+
+
+@pytest.mark.slow
+def test_verity_launch_snippets_attach_the_rootfs_not_an_initrd(verity_out, tmp_path):
+    """qemu-snp.sh of a verity build attaches rootfs.img read-only and passes no -initrd, and
+    each printed digest is what sev-snp-measure computes from the parsed arguments (no initrd:
+    the hashes table holds the SHA-256 of an empty one)."""
+    import tomllib
+
+    from sevsnpmeasure import guest, vcpu_types
+    from sevsnpmeasure.vmm_types import VMMType
+    from test_launch import options, parse_script
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in verity_out.files.items():
+        (out / name).write_bytes(data)
+    configs = parse_script((out / "qemu-snp.sh").read_text(), out)
+    assert configs
+    for c in configs:
+        o = options(c["argv"])
+        assert "-initrd" not in o
+        assert o["-drive"] == [f"file={out}/rootfs.img,format=raw,if=none,id=rootfs,readonly=on"]
+        assert o["-device"] == ["virtio-blk-pci,drive=rootfs"]
+        digest = guest.snp_calc_launch_digest(
+            int(o["-smp"][0]), vcpu_types.CPU_SIGS[o["-cpu"][0]], o["-bios"][0],
+            o["-kernel"][0], None, o["-append"][0], 0x1, "", VMMType.QEMU)
+        assert digest.hex() == c["values"]["launch_digest"]
+    kata = tomllib.loads((out / "kata-configuration-qemu-snp.toml").read_text())
+    q = kata["hypervisor"]["qemu"]
+    assert q["image"] == "@ARTIFACTS@/rootfs.img" and q["initrd"] == ""

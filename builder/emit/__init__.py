@@ -32,12 +32,18 @@ class BuildView:
     lr: LoadedRecipe
     firmware: bytes
     kernel: bytes
-    initrd: bytes
+    initrd: bytes | None        # None when the guest boots a verity rootfs instead
     cmdline: str
     agent: bytes
     measurements: dict
     inputs: tuple[dict, ...]
     store: Store
+    rootfs: bytes | None = None   # rootfs.img (file system + dm-verity tree) when the recipe has one
+
+    @property
+    def image_file(self) -> str:
+        """The file in OUT the guest's root comes from: initrd.img or rootfs.img."""
+        return "initrd.img" if self.rootfs is None else "rootfs.img"
 
 
 def run_emitters(view: BuildView, files: dict[str, bytes]) -> Iterator[dict[str, bytes]]:

@@ -47,7 +47,8 @@ def emit(view: BuildView, files: dict[str, bytes]) -> dict[str, bytes]:
         from builder.measure.initdata import kata_annotation
         annotation = kata_annotation(view.lr.resolve(r.initdata).read_bytes())
     text = render("kata-configuration.toml.j2", platform=r.platform, name=view.lr.name,
-                  version=__version__, art=PLACEHOLDER, s=toml_str, recipe=r,
+                  version=__version__, art=PLACEHOLDER,
+                  image_file=view.image_file, s=toml_str, recipe=r,
                   cmdline=view.cmdline, vcpus=vcpus, entry=entry,
                   snp_id=view.measurements.get("snp_id"), initdata=init,
                   annotation=annotation, tdx=view.measurements.get("tdx"))

@@ -17,7 +17,6 @@ from builder import __version__
 from builder.emit import BuildView
 from builder.emit.templating import render
 
-ARTIFACT_FILES = ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")
 # C-bit position and physical address reduction of current EPYC parts (CPUID 0x8000001F); they
 # are not measured, but QEMU wants them. Check yours with `cpuid -1 -l 0x8000001f`.
 SNP_CBITPOS = 51
@@ -26,8 +25,10 @@ SNP_REDUCED_PHYS_BITS = 1
 
 @dataclass(frozen=True)
 class Artifact:
-    """An argument that names a file in OUT (rendered as "$ARTIFACTS"/name)."""
+    """An argument that names a file in OUT (rendered as prefix"$ARTIFACTS"/name suffix)."""
     name: str
+    prefix: str = ""
+    suffix: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,23 @@ class Launch:
 
 def shell_word(a: str | Artifact) -> str:
     if isinstance(a, Artifact):
-        return f'"$ARTIFACTS"/{a.name}'
+        return f'{shlex.quote(a.prefix) if a.prefix else ""}"$ARTIFACTS"/{a.name}' + \
+            (shlex.quote(a.suffix) if a.suffix else "")
     return shlex.quote(a)
 
 
-def _boot_files(cmdline: str) -> tuple[tuple[str | Artifact, ...], ...]:
-    return (("-bios", Artifact("firmware.fd")), ("-kernel", Artifact("vmlinuz")),
-            ("-initrd", Artifact("initrd.img")), ("-append", cmdline),
-            ("-nographic",), ("-nodefaults",), ("-serial", "stdio"))
+def _boot_files(view: BuildView) -> tuple[tuple[str | Artifact, ...], ...]:
+    """Firmware, kernel, command line and the root: the initrd, or the verity rootfs image as a
+    read-only virtio disk (its root hash is on the measured command line; no initrd, so the SNP
+    hashes table holds the SHA-256 of an empty initrd)."""
+    if view.rootfs is None:
+        root = (("-initrd", Artifact("initrd.img")),)
+    else:
+        root = (("-drive", Artifact("rootfs.img", prefix="file=",
+                                    suffix=",format=raw,if=none,id=rootfs,readonly=on")),
+                ("-device", "virtio-blk-pci,drive=rootfs"))
+    return (("-bios", Artifact("firmware.fd")), ("-kernel", Artifact("vmlinuz")), *root,
+            ("-append", view.cmdline), ("-nographic",), ("-nodefaults",), ("-serial", "stdio"))
 
 
 def snp_launches(view: BuildView) -> tuple[list[Launch], list[dict]]:
@@ -79,7 +89,7 @@ def snp_launches(view: BuildView) -> tuple[list[Launch], list[dict]]:
                    f"memory-backend-memfd,id=ram0,size={mem}M,share=true,prealloc=false"),
                   ("-object", ",".join(obj)),
                   ("-accel", "kvm"), ("-cpu", e["vcpu_type"]), ("-smp", str(e["vcpus"])),
-                  ("-m", f"{mem}M"), *_boot_files(view.cmdline))
+                  ("-m", f"{mem}M"), *_boot_files(view))
         values = [("launch_digest", e["launch_digest"])]
         if "id_block" in e:
             values += [("id_key_digest", m["snp_id"]["id_key_digest"]),
@@ -116,7 +126,7 @@ def tdx_launches(view: BuildView) -> list[Launch]:
         groups = (("-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0"),
                   ("-object", ",".join(obj)),
                   ("-accel", "kvm"), ("-cpu", "host"), ("-smp", str(n)), ("-m", f"{mem}M"),
-                  *_boot_files(view.cmdline))
+                  *_boot_files(view))
         out.append(Launch(len(out) + 1, f"vcpus={n} memory={mem}M", tuple(values), groups))
     return out
 
@@ -131,7 +141,8 @@ def emit(view: BuildView, files: dict[str, bytes]) -> dict[str, bytes]:
     text = render("qemu.sh.j2", platform=r.platform, name=view.lr.name, version=__version__,
                   recipe_sha256=_sha256(view.lr.text), launches=launches, other=other,
                   words=lambda g: " ".join(map(shell_word, g)), cmdline=view.cmdline,
-                  quote=shlex.quote, profile=profile)
+                  quote=shlex.quote, profile=profile,
+                  image_file=view.image_file)
     return {f"qemu-{r.platform}.sh": text.encode()}
 
 
