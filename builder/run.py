@@ -40,16 +40,17 @@ def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | N
 
 
 def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, what: str,
-                 env: dict | None = None, progress=None, count: "re.Pattern[bytes] | None" = None
-                 ) -> None:
+                 env: dict | None = None, unset: tuple[str, ...] = (), progress=None,
+                 count: "re.Pattern[bytes] | None" = None) -> None:
     """Run a long ``argv`` with its output streamed into ``log_path`` (never held in memory);
     each output line matching ``count`` advances ``progress`` (a :func:`builder.log.bar`).
+    ``env`` is added to this process's environment, after removing the ``unset`` names.
     On failure the error quotes the last error lines and names the log."""
     import collections
     import re
     args = [str(a) for a in argv]
     log.echo_command(args)
-    full_env = dict(os.environ)
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
     full_env.update(env or {})
     tail: collections.deque = collections.deque(maxlen=100)
     log_path.parent.mkdir(parents=True, exist_ok=True)

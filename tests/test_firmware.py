@@ -220,10 +220,12 @@ def test_build_refuses_a_changed_tarball(tmp_path):
 
 
 def test_build_failure_names_the_log(tmp_path):
+    from builder.run import run_streamed
     log_path = tmp_path / "b.log"
     with pytest.raises(CCBuildError) as e:
-        fws._run_streamed(["sh", "-c", "echo compiling; echo 'x.c:1: error: boom' ; exit 3"],
-                          tmp_path, {"PATH": "/usr/bin:/bin"}, log_path, "EDK2 build of X.dsc")
+        run_streamed(["sh", "-c", "echo compiling; echo 'x.c:1: error: boom' ; exit 3"],
+                     cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, log_path=log_path,
+                     what="EDK2 build of X.dsc")
     msg = str(e.value)
     assert "EDK2 build of X.dsc failed (exit 3): x.c:1: error: boom" in msg
     assert f"log: {log_path}" in msg

@@ -24,7 +24,6 @@ import re
 import secrets
 import shutil
 import subprocess
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -33,7 +32,7 @@ import yaml
 
 from builder import log
 from builder.errors import CCBuildError
-from builder.run import run
+from builder.run import run, run_streamed
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
 # 2: the constant-length workspace path (see _fixed_length_workspace).
@@ -332,53 +331,10 @@ def _series(src: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _clean_env(epoch: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _EDK2_ENV}
-    env.update(SOURCE_DATE_EPOCH=str(epoch), TZ="UTC", LC_ALL="C.UTF-8", LANG="C.UTF-8",
-               PYTHON_COMMAND="python3", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
-    return env
-
-
-def _failure(what: str, code: int, log_path: Path, tail: deque) -> CCBuildError:
-    lines = [ln for ln in (b.decode(errors="replace").strip() for b in tail) if ln]
-    errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.I)]
-    shown = " | ".join((errors[-2:] if errors else lines[-3:]))[:400]
-    return CCBuildError(f"{what} failed (exit {code}): {shown}", f"log: {log_path}",
-                        "read the log; a missing tool is installed by 'make deps'")
-
-
-def _run_streamed(argv: list[str], cwd: Path, env: dict, log_path: Path, what: str,
-                  bar_total: int | None = None, bar_desc: str | None = None) -> None:
-    """Run ``argv``, appending its output to ``log_path``; count module lines on a bar."""
-    log.echo_command(argv)
-    tail: deque = deque(maxlen=200)
-    with open(log_path, "ab") as lf:
-        lf.write(b"+ " + " ".join(argv).encode() + b"\n")
-        lf.flush()
-        try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise CCBuildError(f"{argv[0]} is not installed", what,
-                               "run 'make deps' (scripts/install-deps)") from None
-        bar = log.bar(bar_total, bar_desc or what, unit="module") if bar_desc else None
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lf.write(line)
-                tail.append(line)
-                if bar is not None and _MODULE_LINE.match(line):
-                    bar.update(1)
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-    if code != 0:
-        raise _failure(what, code, log_path, tail)
+def _build_env(epoch: int) -> dict[str, str]:
+    """What the EDK2 build's environment sets (on top of ours, minus ``_EDK2_ENV``)."""
+    return dict(SOURCE_DATE_EPOCH=str(epoch), TZ="UTC", LC_ALL="C.UTF-8", LANG="C.UTF-8",
+                PYTHON_COMMAND="python3", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
 
 
 @contextlib.contextmanager
@@ -451,15 +407,16 @@ def build_edk2(desc: FirmwareBuild, tarballs: Mapping[str, Path], workdir: Path,
 
     epoch = changelog_epoch(src / "debian" / "changelog")
     with _fixed_length_workspace(src) as ws:
-        env = _clean_env(epoch)
+        env = _build_env(epoch)
         env["PWD"] = str(ws)  # bash's pwd (and so edksetup.sh's WORKSPACE) keeps the link path
         with log.step(f"edk2 {desc.name}: BaseTools"):
-            _run_streamed(["make", "-C", "BaseTools", f"-j{max(1, jobs)}"], ws, env, log_path,
-                          "make -C BaseTools")
-        with log.step(f"edk2 {desc.name}: build {desc.dsc}"):
-            _run_streamed(["bash", "-c", _BUILD_SCRIPT, "edk2-build", *desc.build_args(jobs)],
-                          ws, env, log_path, f"EDK2 build of {desc.dsc}",
-                          bar_total=desc.modules, bar_desc=f"edk2 {desc.name}")
+            run_streamed(["make", "-C", "BaseTools", f"-j{max(1, jobs)}"], cwd=ws, env=env,
+                         unset=_EDK2_ENV, log_path=log_path, what="make -C BaseTools")
+        with log.step(f"edk2 {desc.name}: build {desc.dsc}"), \
+                log.bar(desc.modules, f"edk2 {desc.name}", unit="module") as bar:
+            run_streamed(["bash", "-c", _BUILD_SCRIPT, "edk2-build", *desc.build_args(jobs)],
+                         cwd=ws, env=env, unset=_EDK2_ENV, log_path=log_path,
+                         what=f"EDK2 build of {desc.dsc}", progress=bar, count=_MODULE_LINE)
 
     out = src / desc.output
     if not out.is_file():
