@@ -5,7 +5,6 @@ cache by the ``amdsev_firmware`` / ``tdvf_firmware`` fixtures)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
 import uuid
 from pathlib import Path
