@@ -74,7 +74,7 @@ class Source:
         else:
             for k in ("version", "suite", "member"):
                 if getattr(self, k):
-                    ctx.fail(f"{where}.{k}", f"only for debian sources")
+                    ctx.fail(f"{where}.{k}", "only for debian sources")
         if self.url and not re.match(r"^https?://", self.url):
             ctx.fail(f"{where}.url", "must be an http(s) URL")
         if self.url and not self.sha256:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,6 @@ def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, wh
     ``env`` is added to this process's environment, after removing the ``unset`` names.
     On failure the error quotes the last error lines and names the log."""
     import collections
-    import re
     args = [str(a) for a in argv]
     log.echo_command(args)
     full_env = {k: v for k, v in os.environ.items() if k not in unset}

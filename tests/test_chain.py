@@ -13,7 +13,7 @@ import pytest
 
 from builder.errors import CCBuildError
 from builder.stages import chain
-from builder.stages.initrd import File, InitrdSpec, Symlink, build_initrd
+from builder.stages.initrd import File, InitrdSpec, build_initrd
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = b"\x7fELF-the-agent" + os.urandom(64)

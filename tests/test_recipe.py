@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.errors import CCBuildError
 from builder.recipe import RecipeError, expand_vcpus, load_recipe, schema_doc
 
 REPO = Path(__file__).resolve().parent.parent

@@ -172,7 +172,7 @@ def test_measurement_matched_to_exactly_that_entry(vectors, snp_out, tmp_path, i
     if len(same) > 1:
         # EC2 VMSAs carry no CPU signature: those digests are shared by every CPU type
         assert e["vmm"] == "ec2" and len(same) == 3
-        assert m["detail"].startswith(f"matches 3 entries of 36 that share this digest")
+        assert m["detail"].startswith("matches 3 entries of 36 that share this digest")
         for i in same:
             assert f"entry {i + 1}: " in m["detail"]
         return

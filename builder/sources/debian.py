@@ -104,7 +104,7 @@ class Apt:
         m = host_mirrors()
         if self.suite.endswith("-security"):
             if not m.security:
-                raise CCBuildError(f"no Debian security mirror in the host's apt sources",
+                raise CCBuildError("no Debian security mirror in the host's apt sources",
                                    f"suite {self.suite}",
                                    "set CCBUILD_DEBIAN_SECURITY_MIRROR")
             uri = m.security
