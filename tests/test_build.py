@@ -31,10 +31,14 @@ def ccbuild(*args, cwd=REPO, env=None, umask=None, timeout=1800):
                           capture_output=True, text=True, timeout=timeout, preexec_fn=pre)
 
 
-def seeded_cache(store, dest: Path) -> Path:
-    """A new cache holding only the verified downloads (not builds): hard links into the
-    shared store, so nothing is downloaded twice but every build step runs again."""
-    for sub in ("refs/debian-deb", "refs/debian-src"):
+def seeded_cache(store, dest: Path, builds: bool = False) -> Path:
+    """A new cache holding only the verified downloads (and, with ``builds``, the cached
+    firmware/agent builds): hard links into the shared store, so nothing is downloaded twice
+    but, without ``builds``, every build step runs again."""
+    subs = ["refs/debian-deb", "refs/debian-src"]
+    if builds:
+        subs += ["refs/firmware-build", "refs/agent-build", "refs/deb-member"]
+    for sub in subs:
         src = store.root / sub
         if src.is_dir():
             shutil.copytree(src, dest / sub)
@@ -175,7 +179,7 @@ def test_firmware_without_kernel_hashes_is_refused_and_out_untouched(built, tmp_
 
 def test_tampered_store_entry_is_refused(built, store, tmp_path, recipe_file):
     built("snp")
-    cache = seeded_cache(store, tmp_path / "cache")
+    cache = seeded_cache(store, tmp_path / "cache", builds=True)
     kernel_deb = next((cache / "refs" / "debian-deb").glob("linux-image-6.12*"))
     import json
     digest = json.loads(kernel_deb.read_text())["sha256"]
