@@ -79,3 +79,17 @@ def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, wh
         errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.I)]
         shown = " | ".join(errors[-2:] if errors else lines[-3:])[:300]
         raise CCBuildError(f"{what} failed (exit {code}): {shown}", f"log: {log_path}")
+
+
+def tool_version(argv: list[str], pattern: str | None = None, what: str | None = None) -> str:
+    """The first non-empty line a tool prints about its version (the first matching ``pattern``,
+    if given and any does): part of the cache keys of builds that tool takes part in."""
+    try:
+        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    except FileNotFoundError:
+        raise CCBuildError(f"{argv[0]} is not installed", what or argv[0],
+                           "run 'make deps' (scripts/install-deps)") from None
+    lines = [ln.strip() for ln in cp.stdout.decode(errors="replace").splitlines() if ln.strip()]
+    if pattern:
+        lines = [ln for ln in lines if re.search(pattern, ln, re.I)] or lines
+    return lines[0] if lines else ""

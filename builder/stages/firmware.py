@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -32,7 +31,7 @@ import yaml
 
 from builder import log
 from builder.errors import CCBuildError
-from builder.run import run, run_streamed
+from builder.run import run, run_streamed, tool_version
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
 # 2: the constant-length workspace path (see _fixed_length_workspace).
@@ -254,15 +253,7 @@ def measured_with(path: Path | str) -> dict[str, str]:
 
 # -- cache key -----------------------------------------------------------------------------------
 def _first_line(argv: list[str], pattern: str | None = None) -> str:
-    try:
-        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    except FileNotFoundError:
-        raise CCBuildError(f"{argv[0]} is not installed", "EDK2 build",
-                           "run 'make deps' (scripts/install-deps)") from None
-    lines = [ln.strip() for ln in cp.stdout.decode(errors="replace").splitlines() if ln.strip()]
-    if pattern:
-        lines = [ln for ln in lines if re.search(pattern, ln, re.I)] or lines
-    return lines[0] if lines else ""
+    return tool_version(argv, pattern, "EDK2 build")
 
 
 def toolchain_versions() -> dict[str, str]:

@@ -29,14 +29,13 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import log
 from builder.errors import CCBuildError
-from builder.run import run, run_streamed
+from builder.run import run, run_streamed, tool_version
 
 # Bump when build_kernel changes in a way that could change the output bytes.
 BUILD_SCHEME = 1
@@ -141,13 +140,7 @@ def check_config(requested: dict[str, tuple[str, str]], final: str, where: str) 
 
 # -- toolchain and cache key ---------------------------------------------------------------------
 def _version_line(argv: list[str]) -> str:
-    try:
-        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    except FileNotFoundError:
-        raise CCBuildError(f"{argv[0]} is not installed", "kernel build",
-                           "run 'make deps' (scripts/install-deps)") from None
-    lines = [ln.strip() for ln in cp.stdout.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[0] if lines else ""
+    return tool_version(argv, what="kernel build")
 
 
 @functools.lru_cache(maxsize=1)
