@@ -8,39 +8,26 @@ overrides any field before validation (VALUE is parsed as YAML).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Literal
 
 from builder.errors import CCBuildError
+from builder.inputs import check_text, read_regular
+from builder.safeyaml import load_yaml
+from builder.schema import HEX64, Ctx, SchemaError, build, doc, render_reference, to_jsonable
 
-HEX64 = r"[0-9a-f]{64}"
+__all__ = ["HEX64", "RecipeError", "doc", "to_jsonable", "load_recipe", "expand_vcpus", "Recipe"]
 
 
-class RecipeError(CCBuildError):
+class RecipeError(SchemaError):
     """A recipe mistake: ``<file>: <yaml.path>: <what>``."""
 
-    def __init__(self, file: str, path: str, what: str):
-        self.file, self.path = file, path
-        super().__init__(f"{file}: {path}: {what}" if path else f"{file}: {what}")
 
-
-def doc(text: str, **kw) -> Any:
-    """A field with documentation (shown in docs/recipe.md and --help-recipe)."""
-    md = {"doc": text}
-    for k in ("pattern", "minimum", "maximum", "choices_doc"):
-        if k in kw:
-            md[k] = kw.pop(k)
-    return field(metadata=md, **kw)
-
+_Ctx = Ctx
 
 # -- schema ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -321,107 +308,6 @@ def _check_image_path(ctx: "_Ctx", where: str, p: str) -> None:
         ctx.fail(where, f"{p!r} escapes the image root or is not a plain path")
 
 
-@dataclass
-class _Ctx:
-    file: str
-    locked: bool = False
-
-    def fail(self, path: str, what: str) -> typing.NoReturn:
-        raise RecipeError(self.file, path, what)
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if tp is int:
-        return "an integer"
-    if tp is str:
-        return "a string"
-    if tp is bool:
-        return "true or false"
-    if origin in (tuple, list):
-        return "a list"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return str(tp)
-
-
-def _convert(ctx: _Ctx, tp, value, where: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        alts = [a for a in args if a is not type(None)]
-        errors = []
-        for a in alts:
-            try:
-                return _convert(ctx, a, value, where)
-            except RecipeError as e:
-                errors.append(e)
-        if len(alts) == 1:
-            raise errors[0]
-        ctx.fail(where, f"must be {' or '.join(_type_name(a) for a in alts)}, "
-                        f"not {type(value).__name__}")
-    if origin is Literal:
-        if value not in args:
-            ctx.fail(where, f"must be one of {', '.join(map(str, args))} (got {value!r})")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list):
-            ctx.fail(where, f"must be a list, not {type(value).__name__}")
-        return tuple(_convert(ctx, args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return _build(ctx, tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            ctx.fail(where, f"must be true or false, not {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and re.fullmatch(r"0[xX][0-9a-fA-F]+|0o[0-7]+|\d+", value):
-                return int(value, 0)
-            ctx.fail(where, f"must be an integer, not {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            ctx.fail(where, f"must be a string, not {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(tp)  # schema bug
-
-
-def _build(ctx: _Ctx, cls, raw, where: str):
-    if not isinstance(raw, dict):
-        ctx.fail(where, f"must be a mapping, not {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k in raw:
-        if k not in fields:
-            near = [n for n in fields if n.replace("_", "") == str(k).replace("_", "").replace("-", "")]
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            ctx.fail(_join(where, str(k)), f"unknown key{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        p = _join(where, name)
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                ctx.fail(p, "required")
-            continue
-        v = _convert(ctx, hints[name], raw[name], p)
-        md = f.metadata
-        if isinstance(v, str) and "pattern" in md and not re.fullmatch(md["pattern"], v):
-            ctx.fail(p, f"{v!r} is malformed (expected {md['pattern']})")
-        if isinstance(v, int) and "minimum" in md and not md["minimum"] <= v <= md["maximum"]:
-            ctx.fail(p, f"{v} is out of range {md['minimum']}..{md['maximum']}")
-        kwargs[name] = v
-    obj = cls(**kwargs)
-    obj.validate(ctx, where) if hasattr(obj, "validate") else None
-    return obj
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}.{b}" if a else b
-
-
 # -- loading -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadedRecipe:
@@ -441,11 +327,12 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
     """Apply ``a.b.c=VALUE`` (VALUE parsed as YAML) to the raw recipe mapping."""
     if "=" not in assignment:
         raise RecipeError(file, assignment, "--set needs KEY=VALUE")
+    check_text(assignment, f"--set {assignment[:40]!r}", "the assignment")
     key, value = assignment.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value
+        parsed = load_yaml(value, f"--set {key}") if value != "" else ""
+    except CCBuildError:
+        parsed = value  # not YAML (e.g. a template such as {{ kernel_params }}): the plain string
     parts = key.strip().split(".")
     if not all(parts):
         raise RecipeError(file, key, "bad --set key")
@@ -460,89 +347,37 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
     node[parts[-1]] = parsed
 
 
-def to_jsonable(obj) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [to_jsonable(x) for x in obj]
-    return obj
-
-
 def load_recipe(path: str | Path, overrides: list[str] = (), locked: bool = False,
                 display: str | None = None) -> LoadedRecipe:
     """Load, override and validate a recipe; errors name ``display`` (default: the path given)."""
     p = Path(path)
     shown = display or str(path)
-    try:
-        text = p.read_bytes()
-    except FileNotFoundError:
-        raise CCBuildError("recipe not found", shown) from None
-    except OSError as e:
-        raise CCBuildError(f"cannot read recipe ({e.strerror})", shown) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "YAML"
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise RecipeError(shown, "", f"{where}: {problem}") from None
+    text = read_regular(p, "recipe", shown)
+    raw = load_yaml(text, shown, RecipeError)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(shown, "", "the top level must be a mapping")
     for a in overrides:
         apply_override(raw, a, shown)
-    ctx = _Ctx(shown, locked=locked)
-    recipe = _build(ctx, Recipe, raw, "")
+    recipe = build(_Ctx(shown, locked=locked, error=RecipeError), Recipe, raw, "")
     name = recipe.name or p.stem
     canon = json.dumps(to_jsonable(recipe), sort_keys=True, separators=(",", ":")).encode()
     return LoadedRecipe(recipe, p.resolve(), name, hashlib.sha256(canon).hexdigest(), text)
 
 
-def schema_doc(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(yaml path, type, default, doc) rows for every field: the recipe reference."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        path = _join(prefix, f.name)
-        default = ("required" if f.default is dataclasses.MISSING else
-                   "" if dataclasses.is_dataclass(f.default) else repr(f.default))
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] or (
-            [tp] if dataclasses.is_dataclass(tp) else [])
-        rows.append((path, _pretty_type(tp), default, f.metadata.get("doc", "")))
-        for sub in inner:
-            rows.extend(schema_doc(sub, path + ("[]" if typing.get_origin(tp) is tuple else "")))
-    return rows
-
-
-def _pretty_type(tp) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        return " | ".join(map(str, args))
-    if origin in (typing.Union, types.UnionType):
-        alts = " | ".join(_pretty_type(a) for a in args if a is not type(None))
-        return alts + " (optional)" if type(None) in args else alts
-    if origin is tuple:
-        return f"list of {_pretty_type(args[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
+def schema_doc(cls=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(yaml path, type, default, doc) rows for every recipe field."""
+    from builder.schema import schema_doc as rows
+    return rows(cls or Recipe, prefix)
 
 
 def render_schema_doc() -> str:
     """docs/recipe.md, generated from the schema (``python -m builder.recipe > docs/recipe.md``)."""
-    lines = ["# Recipe reference", "",
-             "Generated from `builder/recipe.py` (`python -m builder.recipe > docs/recipe.md`);",
-             "a test keeps the two in step. Paths are relative to the recipe file.",
-             "Any field can be overridden with `ccbuild build RECIPE --set path.to.field=VALUE`.",
-             "", "| field | type | default | meaning |", "|---|---|---|---|"]
-    for path, tp, default, text in schema_doc():
-        d = default if default else "(mapping)"
-        tp = tp.replace(" | ", " or ")
-        lines.append(f"| `{path}` | {tp} | `{d}` | {text} |".replace("`(mapping)`", ""))
-    return "\n".join(lines) + "\n"
+    return render_reference(Recipe, "Recipe reference", [
+        "Generated from `builder/recipe.py` (`python -m builder.recipe > docs/recipe.md`);",
+        "a test keeps the two in step. Paths are relative to the recipe file.",
+        "Any field can be overridden with `ccbuild build RECIPE --set path.to.field=VALUE`."])
 
 
 if __name__ == "__main__":
