@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from builder.errors import CCBuildError
+from builder.inputs import read_optional
 
 
 def int_arg(text: str) -> int:
@@ -15,11 +14,7 @@ def int_arg(text: str) -> int:
         raise CCBuildError(f"{text!r} is not an integer", hint="write e.g. 0x21 or 33") from None
 
 
-def read_input(path: str | None, option: str) -> bytes | None:
-    """The bytes of a file named on the command line (None when the option was not given)."""
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise CCBuildError(f"cannot read {option} {path}: {e.strerror or e}") from None
+def read_input(path: str | None, option: str, kind: str = "file") -> bytes | None:
+    """The bytes of a file named on the command line (None when the option was not given):
+    a regular file of at most the kind's cap (builder.inputs.LIMITS)."""
+    return read_optional(path, kind, option)

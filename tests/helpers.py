@@ -1,0 +1,96 @@
+"""Helpers shared by test modules (test modules never import each other).
+
+The hostile-input corpus (tests/test_hostile_*.py) runs every case through the real CLI in a
+subprocess, under an address-space limit and a timeout, and checks the error contract: exit 1
+or 2, exactly one line on stderr starting ``ccbuild: error:``, no traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+HOSTILE_TIMEOUT = 20            # seconds per case (the issue's bound)
+HOSTILE_MEMORY = 2 << 30        # bytes of address space per case
+
+
+@dataclass
+class Outcome:
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def _limit_memory():  # runs in the child before exec
+    resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_MEMORY, HOSTILE_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_cli(args: list[str], *, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = HOSTILE_TIMEOUT, stdin: bytes | None = None) -> Outcome:
+    """``python -m builder.cli ARGS`` in a subprocess with a memory limit and a timeout. A timeout
+    is a test failure (the process is killed), not an exception the caller must handle."""
+    full_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    full_env.pop("CCBUILD_DEBUG", None)
+    t0 = time.monotonic()
+    try:
+        cp = subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd or REPO,
+                            env=full_env, input=stdin, capture_output=True, timeout=timeout,
+                            preexec_fn=_limit_memory)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"ccbuild {' '.join(map(str, args))[:200]} did not finish within "
+                             f"{timeout} s (stderr so far: {(e.stderr or b'')[-300:]!r})") from None
+    return Outcome(cp.returncode, cp.stdout.decode(errors="replace"),
+                   cp.stderr.decode(errors="replace"), time.monotonic() - t0)
+
+
+def assert_one_line_error(o: Outcome, codes: tuple[int, ...] = (1, 2),
+                          contains: str | None = None) -> str:
+    """The error contract: exit code in ``codes``, one ``ccbuild: error:`` line, no traceback.
+    Returns the line."""
+    assert "Traceback" not in o.stderr, o.stderr[-2000:]
+    assert o.rc in codes, f"exit {o.rc} (want {codes}); stderr: {o.stderr[-1000:]}"
+    lines = o.stderr_lines
+    assert len(lines) == 1, f"stderr has {len(lines)} lines: {o.stderr[-1000:]}"
+    assert lines[0].startswith("ccbuild: error: "), lines[0]
+    if contains is not None:
+        assert contains in lines[0], f"{contains!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple]:
+    """Everything under ``root`` (not following symlinks): relative path -> (type, mode, size,
+    sha256 or link target). Two equal snapshots mean nothing under ``root`` changed."""
+    snap: dict[str, tuple] = {}
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return snap
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if p.is_symlink():
+                snap[rel] = ("link", os.readlink(p))
+            elif p.is_file():
+                snap[rel] = ("file", st.st_mode, st.st_size,
+                             hashlib.sha256(p.read_bytes()).hexdigest())
+            elif p.is_dir():
+                snap[rel] = ("dir", st.st_mode)
+            else:
+                snap[rel] = ("other", st.st_mode)
+    return snap
