@@ -131,7 +131,10 @@ def read_optional(path: str | None, kind: str, option: str) -> bytes | None:
     errors name the option and the path."""
     if path is None:
         return None
-    return read_regular(path, kind, f"{option} {path}")
+    try:
+        return read_regular(path, kind, str(path))
+    except CCBuildError as e:
+        raise CCBuildError(f"cannot read {option} {path}: {e.what}") from None
 
 
 def check_text(value: str, where: str, what: str = "string") -> str:
