@@ -42,6 +42,7 @@ LIMITS: dict[str, int] = {
     "certificate": 1 * MiB,
     "key": 1 * MiB,
     "initdata": 1 * MiB,
+    "profile data": 16 * MiB,     # ACPI blobs and event data a TDX profile names
     "signature": 1 * MiB,
     "file": 2 * GiB,               # a recipe `path:` source or another plain input
 }

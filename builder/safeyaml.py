@@ -11,7 +11,7 @@ YAML from others is hostile, so the loader is stricter than ``yaml.safe_load``:
   command line can hold);
 - a key given twice in one mapping is an error (a reviewer would read the first, YAML keeps the last);
 - a stream with more than one document is an error.
-Errors are one line: ``<source>: line L column C: <problem>``.
+Errors are one line: ``<source>: not valid YAML at line L column C: <problem>``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ MAX_INT_DIGITS = 64
 
 
 class YamlError(SchemaError):
-    """A YAML syntax or safety error: ``<source>: line L column C: <problem>``."""
+    """A YAML syntax or safety error: ``<source>: not valid YAML at line L column C: <problem>``."""
 
 
 def _at(mark) -> str:
-    return f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    return (f"not valid YAML at line {mark.line + 1} column {mark.column + 1}: " if mark is not None
+            else "not valid YAML: ")
 
 
 class _Loader(yaml.SafeLoader):

@@ -149,3 +149,10 @@ def test_qemu_setup_header_patch_fields():
     initrd_max = (2 << 30) - 0x28000 - 1   # below_4g (2 GiB < 0xB0000000) minus ACPI, minus 1
     assert struct.unpack_from("<II", p, 0x218) == ((initrd_max - 0x1234) & ~4095, 0x1234)
     assert p[:0x1FA] == bytes(k[:0x1FA]) and p[0x240:] == bytes(k[0x240:])
+
+
+def test_docs_tdx_profile_md_is_generated_from_the_schema():
+    from builder.measure.tdx_profile import render_profile_doc
+    repo = PROFILE_DIR.parent.parent
+    assert (repo / "docs" / "tdx-profile.md").read_text() == render_profile_doc(), \
+        "run: python -m builder.measure.tdx_profile > docs/tdx-profile.md"

@@ -1,193 +1,213 @@
 """VMM profiles for TDX: one YAML file per QEMU/OVMF generation, turned into TdxParams.
 
-Every knob is optional except ``name``; unknown keys are errors. Paths (ACPI blobs, event data
-files) are relative to the profile file. Errors name the file and the key.
-
-Keys:
-  name                      profile name (string)
-  description               free text
-  sources                   mapping knob -> where its value comes from (documentation only)
-  page_add_order            interleaved | two-pass
-  memory                    guest RAM: integer bytes or "<n>M" / "<n>G" (QEMU -m)
-  qemu_setup_header_patch   bool: QEMU <= 9.2 patches the bzImage setup header before OVMF
-                            measures it; QEMU >= 10.1 with a confidential guest does not
-  acpi_data_size            QEMU's ACPI reserve below 4 GiB used when placing the initrd
-  load_options_initrd_first bool: EDK2 >= stable202508 puts "initrd=initrd" before -append
-  secure_boot_feature       bool: firmware built with SECURE_BOOT_ENABLE (variables come from the
-                            CFV variable store) or not (all five measured empty)
-  acpi_blobs                list of three files: etc/table-loader, etc/acpi/rsdp, etc/acpi/tables
-                            as that QEMU and command line produce them; absent -> RTMR0 null
-  boot_order                list of boot option numbers (default [0])
-  boot_options              mapping "Boot####" -> "uiapp" (OVMF's UiApp option) or a hex string
-  extra_rtmr0_events        list of {event_type, description, data_hex | data_file | digest}
-                            measured after the ACPI events (newer OVMF's fw_cfg/SMBIOS events)
-  runtime_events            list of {description, digest | data_hex | data_file} for RTMR3
+The schema is :class:`TdxProfile` (reference: docs/tdx-profile.md, generated from it). Every knob
+is optional except ``name``; unknown keys are errors. Files (ACPI blobs, event data) are relative
+to the profile file and must lie inside its directory. Profiles come from others, so they are read
+through builder.inputs (regular files, capped) and builder.safeyaml; errors name the file and the
+key (``p.yaml: runtime_events[0].digest: ...``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import yaml
-
-from builder.errors import CCBuildError
+from builder.inputs import MiB, is_within, read_regular
 from builder.measure.tdx import TdxParams
 from builder.measure.tdx_events import Event, EventType, ovmf_uiapp_boot_option
 from builder.measure.tdx_mrtd import PageAddOrder
+from builder.safeyaml import load_yaml
+from builder.schema import HEX96, Ctx, SchemaError, build, doc, render_reference
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent.parent / "recipes" / "profiles"
-_KEYS = {"name", "description", "sources", "page_add_order", "memory", "qemu_setup_header_patch",
-         "acpi_data_size", "load_options_initrd_first", "secure_boot_feature", "acpi_blobs",
-         "boot_order", "boot_options", "extra_rtmr0_events", "runtime_events"}
+PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+MAX_MEMORY = 1 << 46          # 64 TiB: beyond any TD a host can give
+MIN_MEMORY = 32 * MiB
+DATA_LIMIT = 16 * MiB         # an ACPI blob or event data file
+
+
+class ProfileError(SchemaError):
+    """A TDX profile mistake: ``<file>: <key>: <what>``."""
+
+
+@dataclass(frozen=True)
+class ProfileEvent:
+    description: str = doc("what the event is (shown in the event list)", max_length=1024)
+    event_type: str | None = doc("TCG event type name (default EV_PLATFORM_CONFIG_FLAGS in RTMR0, "
+                                 "EV_EVENT_TAG in RTMR3)", default=None, max_length=64)
+    digest: str | None = doc("SHA-384 of the event data, 96 hex digits", default=None,
+                             pattern=HEX96)
+    data_hex: str | None = doc("the event data, hex", default=None,
+                               pattern=r"(?:[0-9a-fA-F]{2})*", max_length=2 * DATA_LIMIT)
+    data_file: str | None = doc("a file holding the event data, relative to the profile",
+                                default=None, max_length=4096)
+
+    def validate(self, ctx: Ctx, where: str) -> None:
+        given = [k for k in ("digest", "data_hex", "data_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            ctx.fail(where, "an event needs exactly one of digest, data_hex or data_file")
+        if self.event_type is not None and self.event_type not in EventType.__members__:
+            ctx.fail(f"{where}.event_type", f"unknown event type {self.event_type[:64]!r}; use a "
+                     "name such as EV_PLATFORM_CONFIG_FLAGS")
+
+
+@dataclass(frozen=True)
+class TdxProfile:
+    """One QEMU/OVMF generation (recipes/profiles/*.yaml)."""
+    name: str = doc("profile name (letters, digits, . _ + -)", pattern=PROFILE_NAME)
+    description: str = doc("free text", default="", max_length=4096)
+    sources: dict[str, str] = doc("knob -> where its value comes from (documentation only)",
+                                  default_factory=dict)
+    page_add_order: Literal["interleaved", "two-pass"] = doc(
+        "TDH.MEM.PAGE.ADD / MR.EXTEND order of the host's KVM", default="interleaved")
+    memory: int | str = doc("guest RAM: bytes or '<n>M' / '<n>G' (QEMU -m)", default="2G")
+    qemu_setup_header_patch: bool = doc("QEMU <= 9.2 patches the bzImage setup header before "
+                                        "OVMF measures it; QEMU >= 10.1 with a confidential "
+                                        "guest does not", default=False)
+    acpi_data_size: int = doc("QEMU's ACPI reserve below 4 GiB used when placing the initrd",
+                              default=0x28000, minimum=0, maximum=64 * MiB)
+    load_options_initrd_first: bool = doc("EDK2 >= stable202508 puts 'initrd=initrd' before "
+                                          "-append", default=True)
+    secure_boot_feature: bool = doc("firmware built with SECURE_BOOT_ENABLE (variables from the "
+                                    "CFV store) or not (all five measured empty)", default=True)
+    acpi_blobs: tuple[str, ...] | None = doc("three files: etc/table-loader, etc/acpi/rsdp, "
+                                             "etc/acpi/tables of that QEMU and command line; "
+                                             "absent -> RTMR0 null", default=None)
+    boot_order: tuple[int, ...] = doc("boot option numbers", default=(0,))
+    boot_options: dict[str, str] = doc("Boot#### -> 'uiapp' (OVMF's UiApp option) or hex",
+                                       default_factory=lambda: {"Boot0000": "uiapp"})
+    extra_rtmr0_events: tuple[ProfileEvent, ...] = doc("measured after the ACPI events (newer "
+                                                       "OVMF's fw_cfg/SMBIOS events)", default=())
+    runtime_events: tuple[ProfileEvent, ...] = doc("RTMR3 events", default=())
+
+    def validate(self, ctx: Ctx, where: str) -> None:
+        memory_bytes(ctx, self.memory)
+        if self.acpi_blobs is not None and len(self.acpi_blobs) != 3:
+            ctx.fail("acpi_blobs", "acpi_blobs lists exactly three files (etc/table-loader, "
+                     "etc/acpi/rsdp, etc/acpi/tables)")
+        if len(self.boot_order) > 256:
+            ctx.fail("boot_order", "at most 256 entries")
+        for i, n in enumerate(self.boot_order):
+            if not 0 <= n <= 0xFFFF:
+                ctx.fail(f"boot_order[{i}]", f"{n} is out of range 0..65535")
+        if len(self.boot_options) > 256:
+            ctx.fail("boot_options", "at most 256 options")
+        for k, v in self.boot_options.items():
+            if not re.fullmatch(r"Boot[0-9A-Fa-f]{4}", k):
+                ctx.fail(f"boot_options.{k[:40]}", "keys are Boot#### (4 hex digits)")
+            if v != "uiapp" and not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,32768}", v):
+                ctx.fail(f"boot_options.{k}", "value is 'uiapp' or hex")
+        for key in ("extra_rtmr0_events", "runtime_events"):
+            if len(getattr(self, key)) > 1024:
+                ctx.fail(key, "at most 1024 events")
+
+
+def memory_bytes(ctx: Ctx, v: int | str, where: str = "memory") -> int:
+    """Guest RAM in bytes from an integer or '<n>M'/'<n>G' (QEMU -m), within what a TD can have."""
+    if isinstance(v, int):
+        n = v
+    else:
+        m = re.fullmatch(r"\s*(\d{1,12})\s*([MG])i?B?\s*", v, re.I)
+        if not m:
+            ctx.fail(where, f"cannot read memory size {v[:40]!r}; write e.g. 2G or 2048M")
+        n = int(m.group(1)) << (20 if m.group(2).upper() == "M" else 30)
+    if not MIN_MEMORY <= n <= MAX_MEMORY:
+        ctx.fail(where, f"memory size {n} bytes is out of range {MIN_MEMORY}..{MAX_MEMORY} "
+                 "(32 MiB .. 64 TiB)")
+    return n
 
 
 def resolve_profile(name_or_path: str) -> Path:
     """A profile path, or a bare name looked up in recipes/profiles/."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.exists() or not re.fullmatch(PROFILE_NAME, name_or_path):
         return p
     return PROFILE_DIR / f"{name_or_path}.yaml"
 
 
-def _err(path: Path, key: str, what: str, hint: str | None = None) -> CCBuildError:
-    return CCBuildError(what, f"{path}: {key}", hint)
+def _data_file(ctx: Ctx, path: Path, where: str, rel: str) -> bytes:
+    """A file the profile names, relative to (and confined to) the profile's directory."""
+    f = path.parent / rel
+    if not is_within(f, path.parent):
+        ctx.fail(where, f"{rel[:80]!r} lies outside the profile's directory")
+    return read_regular(f, "profile data", f"{path}: {where}", limit=DATA_LIMIT)
 
 
-def _memory(path: Path, v) -> int:
-    if isinstance(v, bool):
-        raise _err(path, "memory", "memory must be bytes or '<n>M'/'<n>G'")
-    if isinstance(v, int) and v > 0:
-        return v
-    m = re.fullmatch(r"\s*(\d+)\s*([MG])i?B?\s*", str(v), re.I)
-    if not m:
-        raise _err(path, "memory", f"cannot read memory size {v!r}", "write e.g. 2G or 2048M")
-    return int(m.group(1)) << (20 if m.group(2).upper() == "M" else 30)
-
-
-def _bool(path: Path, doc: dict, key: str, default: bool) -> bool:
-    v = doc.get(key, default)
-    if not isinstance(v, bool):
-        raise _err(path, key, f"{key} must be true or false, not {v!r}")
-    return v
-
-
-def _data(path: Path, key: str, item: dict) -> bytes:
-    if "data_hex" in item:
-        try:
-            return bytes.fromhex(str(item["data_hex"]))
-        except ValueError:
-            raise _err(path, key, "data_hex is not hex") from None
-    f = path.parent / str(item["data_file"])
-    try:
-        return f.read_bytes()
-    except OSError as e:
-        raise _err(path, key, f"cannot read {f}: {e.strerror}") from None
-
-
-def _events(path: Path, key: str, items, rtmr: int, default_type: EventType) -> tuple:
-    if not isinstance(items, list):
-        raise _err(path, key, f"{key} must be a list")
+def _events(ctx: Ctx, path: Path, key: str, items: tuple[ProfileEvent, ...], rtmr: int,
+            default_type: EventType) -> tuple[Event, ...]:
     out = []
     for i, item in enumerate(items):
-        k = f"{key}[{i}]"
-        if not isinstance(item, dict) or "description" not in item:
-            raise _err(path, k, "each event needs a description")
-        try:
-            etype = EventType[item["event_type"]] if "event_type" in item else default_type
-        except KeyError:
-            raise _err(path, k + ".event_type", f"unknown event type {item['event_type']!r}",
-                       "use a name such as EV_PLATFORM_CONFIG_FLAGS") from None
-        if "digest" in item:
-            try:
-                digest = bytes.fromhex(str(item["digest"]))
-            except ValueError:
-                digest = b""
-            if len(digest) != 48:
-                raise _err(path, k + ".digest", "digest must be 96 hex digits (SHA-384)")
-        elif "data_hex" in item or "data_file" in item:
-            digest = hashlib.sha384(_data(path, k, item)).digest()
+        where = f"{key}[{i}]"
+        etype = EventType[item.event_type] if item.event_type else default_type
+        if item.digest is not None:
+            digest = bytes.fromhex(item.digest)
+        elif item.data_hex is not None:
+            digest = hashlib.sha384(bytes.fromhex(item.data_hex)).digest()
         else:
-            raise _err(path, k, "an event needs digest, data_hex or data_file")
-        out.append(Event(rtmr, etype, str(item["description"]), digest))
+            digest = hashlib.sha384(_data_file(ctx, path, f"{where}.data_file",
+                                               item.data_file)).digest()
+        out.append(Event(rtmr, etype, item.description, digest))
     return tuple(out)
+
+
+def parse_profile(text: bytes, path: Path) -> TdxProfile:
+    """The validated profile document (no files read beyond ``text``)."""
+    shown = str(path)
+    raw = load_yaml(text, shown, ProfileError)
+    if not isinstance(raw, dict):
+        raise ProfileError(shown, "", "a TDX profile is a mapping")
+    return build(Ctx(shown, error=ProfileError), TdxProfile, raw, "")
 
 
 def load_profile(path: Path | str) -> TdxParams:
     path = resolve_profile(str(path))
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise CCBuildError(f"cannot read TDX profile: {e.strerror}", str(path),
-                           f"profiles live in {PROFILE_DIR.name}/ or give a path") from None
-    except yaml.YAMLError as e:
-        raise CCBuildError(f"TDX profile is not valid YAML: {e}".replace("\n", " "),
-                           str(path)) from None
-    if not isinstance(doc, dict):
-        raise _err(path, "(top)", "a TDX profile is a mapping")
-    unknown = sorted(set(doc) - _KEYS)
-    if unknown:
-        raise _err(path, unknown[0], f"unknown key {unknown[0]!r}",
-                   "known keys: " + ", ".join(sorted(_KEYS)))
-    if not isinstance(doc.get("name"), str):
-        raise _err(path, "name", "a profile needs a name")
-    try:
-        order = PageAddOrder(doc.get("page_add_order", "interleaved"))
-    except ValueError:
-        raise _err(path, "page_add_order", "page_add_order must be interleaved or two-pass"
-                   ) from None
-    params: dict = {"profile": doc["name"], "page_add_order": order}
-    params["memory"] = _memory(path, doc.get("memory", "2G"))
-    params["qemu_setup_header_patch"] = _bool(path, doc, "qemu_setup_header_patch", False)
-    params["load_options_initrd_first"] = _bool(path, doc, "load_options_initrd_first", True)
-    params["secure_boot_feature"] = _bool(path, doc, "secure_boot_feature", True)
-    ads = doc.get("acpi_data_size", 0x28000)
-    if not isinstance(ads, int) or isinstance(ads, bool) or ads < 0:
-        raise _err(path, "acpi_data_size", "acpi_data_size must be a non-negative integer")
-    params["acpi_data_size"] = ads
-    blobs = doc.get("acpi_blobs")
-    if blobs is None:
-        params["rtmr0_missing"] = (f"profile {doc['name']} gives no acpi_blobs (QEMU's "
+    text = read_regular(path, "profile", str(path))
+    prof = parse_profile(text, path)
+    ctx = Ctx(str(path), error=ProfileError)
+    params: dict = {"profile": prof.name, "page_add_order": PageAddOrder(prof.page_add_order)}
+    params["memory"] = memory_bytes(ctx, prof.memory)
+    params["qemu_setup_header_patch"] = prof.qemu_setup_header_patch
+    params["load_options_initrd_first"] = prof.load_options_initrd_first
+    params["secure_boot_feature"] = prof.secure_boot_feature
+    params["acpi_data_size"] = prof.acpi_data_size
+    if prof.acpi_blobs is None:
+        params["rtmr0_missing"] = (f"profile {prof.name} gives no acpi_blobs (QEMU's "
                                    "etc/table-loader, etc/acpi/rsdp, etc/acpi/tables for this "
                                    "machine and command line), so RTMR0 cannot be computed")
     else:
-        if not isinstance(blobs, list) or len(blobs) != 3:
-            raise _err(path, "acpi_blobs", "acpi_blobs lists exactly three files",
-                       "etc/table-loader, etc/acpi/rsdp, etc/acpi/tables")
-        params["acpi_blobs"] = tuple(_data(path, f"acpi_blobs[{i}]", {"data_file": b})
-                                     for i, b in enumerate(blobs))
-    order_list = doc.get("boot_order", [0])
-    if not isinstance(order_list, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 0xFFFF
-            for n in order_list):
-        raise _err(path, "boot_order", "boot_order is a list of numbers 0..65535")
-    params["boot_order"] = tuple(order_list)
-    options = doc.get("boot_options", {"Boot0000": "uiapp"})
-    if not isinstance(options, dict):
-        raise _err(path, "boot_options", "boot_options maps Boot#### to 'uiapp' or hex")
-    opts = []
-    for k, v in options.items():
-        m = re.fullmatch(r"Boot([0-9A-Fa-f]{4})", str(k))
-        if not m:
-            raise _err(path, f"boot_options.{k}", "keys are Boot#### (4 hex digits)")
-        if v == "uiapp":
-            data = ovmf_uiapp_boot_option()
-        else:
-            try:
-                data = bytes.fromhex(str(v))
-            except ValueError:
-                raise _err(path, f"boot_options.{k}", "value is 'uiapp' or hex") from None
-        opts.append((int(m.group(1), 16), data))
-    params["boot_options"] = tuple(opts)
-    params["extra_rtmr0_events"] = _events(path, "extra_rtmr0_events",
-                                           doc.get("extra_rtmr0_events", []), 0,
+        params["acpi_blobs"] = tuple(_data_file(ctx, path, f"acpi_blobs[{i}]", b)
+                                     for i, b in enumerate(prof.acpi_blobs))
+    params["boot_order"] = prof.boot_order
+    params["boot_options"] = tuple(
+        (int(k[4:], 16), ovmf_uiapp_boot_option() if v == "uiapp" else bytes.fromhex(v))
+        for k, v in prof.boot_options.items())
+    params["extra_rtmr0_events"] = _events(ctx, path, "extra_rtmr0_events",
+                                           prof.extra_rtmr0_events, 0,
                                            EventType.EV_PLATFORM_CONFIG_FLAGS)
-    params["runtime_events"] = _events(path, "runtime_events", doc.get("runtime_events", []), 3,
+    params["runtime_events"] = _events(ctx, path, "runtime_events", prof.runtime_events, 3,
                                        EventType.EV_EVENT_TAG)
     params["knobs"] = (("memory", params["memory"]),
                        ("qemu_setup_header_patch", params["qemu_setup_header_patch"]),
                        ("load_options_initrd_first", params["load_options_initrd_first"]),
                        ("secure_boot_feature", params["secure_boot_feature"]),
-                       ("acpi_blobs", blobs is not None))
+                       ("acpi_blobs", prof.acpi_blobs is not None))
     return TdxParams(**params)
+
+
+def render_profile_doc() -> str:
+    """docs/tdx-profile.md, generated from the schema (``python -m builder.measure.tdx_profile``)."""
+    return render_reference(TdxProfile, "TDX profile reference", [
+        "Generated from `builder/measure/tdx_profile.py` "
+        "(`python -m builder.measure.tdx_profile > docs/tdx-profile.md`);",
+        "a test keeps the two in step. Files are relative to (and must lie inside) the profile's "
+        "directory.",
+        "`events` entries (extra_rtmr0_events, runtime_events) take exactly one of digest, "
+        "data_hex, data_file."])
+
+
+if __name__ == "__main__":
+    import sys
+    sys.stdout.write(render_profile_doc())

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import yaml
-
 from builder import log
 from builder.errors import CCBuildError
+from builder.inputs import read_regular
 from builder.run import run, run_streamed, tool_version
+from builder.safeyaml import load_yaml
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
 # 2: the constant-length workspace path (see _fixed_length_workspace).
@@ -229,26 +229,18 @@ def load_descriptor(path: Path | str, display: str | None = None) -> FirmwareBui
     """Read and validate ``firmware/*.yaml``; ``display`` is how errors name the file."""
     path = Path(path)
     display = display or str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise CCBuildError(f"{display}: no such firmware build descriptor",
-                           hint="see firmware/*.yaml for the shipped builds") from None
-    except OSError as e:
-        raise CCBuildError(f"{display}: cannot read ({e.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise CCBuildError(f"{display}: not valid YAML{at}") from None
+                           hint="see firmware/*.yaml for the shipped builds")
+    doc = load_yaml(read_regular(path, "firmware descriptor", display), display)
     return parse_descriptor(doc, display)
 
 
 def measured_with(path: Path | str) -> dict[str, str]:
     """The toolchain versions the descriptor's sha256 was measured with (informative)."""
-    doc = yaml.safe_load(Path(path).read_text()) or {}
-    return dict(doc.get("measured_with") or {})
+    doc = load_yaml(read_regular(path, "firmware descriptor"), str(path)) or {}
+    mw = doc.get("measured_with") if isinstance(doc, dict) else None
+    return {str(k): str(v) for k, v in mw.items()} if isinstance(mw, dict) else {}
 
 
 # -- cache key -----------------------------------------------------------------------------------
