@@ -171,6 +171,12 @@ def _cmdline(c: _Ctx, rootfs=None) -> str:
     return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name, **extra})
 
 
+def _check_cmdline_template(lr: LoadedRecipe) -> None:
+    from builder.stages.cmdline import check_template
+    r = lr.recipe
+    check_template(r.cmdline, {"platform": r.platform, "name": lr.name}, r.rootfs is not None)
+
+
 def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str) -> dict:
     from builder.measure.build import measure_recipe
     return measure_recipe(c.lr, fw, kernel, initrd, cmdline)
@@ -185,6 +191,7 @@ def _sha(p: Path) -> str:
 def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> BuildResult:
     t0 = time.monotonic()
     lr = load_recipe(recipe_path, list(options.overrides), locked=options.locked)
+    _check_cmdline_template(lr)   # a bad template fails now, not after the stages
     store = Store.open(options.store_root)
     out = Path(options.out) if options.out else Path("out") / lr.name
     c = _Ctx(lr, store, ResolveOptions(store, lr.path.parent, options.offline, options.locked),

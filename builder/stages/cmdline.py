@@ -120,6 +120,18 @@ def _render(env: jinja2.Environment, source: str, variables: dict) -> str:
     return "".join(parts)
 
 
+# Variables a rootfs build adds; before the rootfs exists they are checked with stand-ins.
+ROOTFS_VARIABLES = ("verity_params", "kata_verity_params", "root_hash", "verity_salt")
+
+
+def check_template(c: Cmdline, variables: dict[str, str], rootfs: bool,
+                   where: str = "cmdline.template") -> None:
+    """Render the template once with stand-ins for the values only a build knows, so a bad
+    template fails before the long stages run (the real render repeats every check)."""
+    stand_ins = {k: "0" * 64 for k in ROOTFS_VARIABLES} if rootfs else {}
+    render_cmdline(c, {**variables, **stand_ins}, where)
+
+
 def render_cmdline(c: Cmdline, variables: dict[str, str], where: str = "cmdline.template") -> str:
     known = {"kernel_params": c.kernel_params, "runtime_params": c.runtime_params, **variables}
     env = _environment()
