@@ -4,10 +4,11 @@ collapsed and the ends stripped, so what the template's layout adds never change
 ``cmdline.txt`` holds that string with no trailing newline.
 
 A template comes from a recipe or ``--set``, so it is hostile: it renders in jinja2's immutable
-sandbox (no attribute access to Python internals, no mutation), with only string filters that
-cannot grow their input without bound, undefined variables as errors, ``range`` capped, string and
-number operations capped in size, the output capped while it is produced, and the whole render
-bounded in time. Anything else is a one-line error naming ``cmdline.template``.
+sandbox (no mutation; attribute access only to a list of string methods that cannot grow a
+string, and to ``loop``'s counters; no ``str.format`` or ``%``), with only filters that cannot
+grow their input without bound (``join`` and ``replace`` checked before they run), undefined
+variables as errors, ``range`` capped, ``*``, ``**``, ``+`` and ``~`` capped in the size of what
+they make, the output capped while it is produced, and the whole render bounded in time. Anything else is a one-line error naming ``cmdline.template``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import threading
 from contextlib import contextmanager
 
 import jinja2
+from jinja2.compiler import CodeGenerator
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from builder.errors import CCBuildError
@@ -48,8 +52,51 @@ def _size(v) -> int:
         return 0
 
 
+# String methods a template may call: none of them can make a string longer than its input.
+SAFE_STR_METHODS = frozenset({"lower", "upper", "strip", "lstrip", "rstrip", "split", "rsplit",
+                              "startswith", "endswith", "title", "capitalize", "casefold",
+                              "count", "find", "rfind", "isdigit", "isalpha", "isalnum",
+                              "removeprefix", "removesuffix"})
+SAFE_LOOP_ATTRIBUTES = frozenset({"index", "index0", "revindex", "revindex0", "first", "last",
+                                  "length", "depth", "depth0", "previtem", "nextitem"})
+
+
+class _CappedCodeGenerator(CodeGenerator):
+    """``a ~ b`` (string concatenation) goes through :meth:`_CmdlineEnvironment.capped_concat`, so a
+    template cannot double a string until memory runs out."""
+
+    def visit_Concat(self, node, frame):
+        self.write("environment.capped_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _CmdlineEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%", "//", "/"})
+    code_generator_class = _CappedCodeGenerator
+
+    def capped_concat(self, parts) -> str:
+        strings = [str(p) for p in parts]
+        if sum(map(len, strings)) > MAX_VALUE:
+            raise TemplateLimit("concatenation too long")
+        return "".join(strings)
+
+    def wrap_str_format(self, value):
+        if super().wrap_str_format(value) is None:
+            return None
+
+        def refuse(*args, **kwargs):
+            raise SecurityError("str.format is not available in command-line templates")
+        return refuse
+
+    def is_safe_attribute(self, obj, attr, value) -> bool:
+        if isinstance(obj, str):
+            return attr in SAFE_STR_METHODS
+        if isinstance(obj, LoopContext):
+            return attr in SAFE_LOOP_ATTRIBUTES
+        return False
 
     def call_binop(self, context, operator_name, left, right):
         if operator_name == "**":
@@ -66,7 +113,7 @@ class _CmdlineEnvironment(ImmutableSandboxedEnvironment):
             elif sum(sizes) > MAX_VALUE:
                 raise TemplateLimit("number too large")
         if operator_name == "%" and isinstance(left, str):
-            raise TemplateLimit("%-formatting is not available in command-line templates")
+            raise SecurityError("%-formatting is not available in command-line templates")
         result = super().call_binop(context, operator_name, left, right)
         if _size(result) > MAX_VALUE:
             raise TemplateLimit("value too large")
@@ -80,10 +127,26 @@ def _capped_range(*args):
     return r
 
 
+def _capped_join(value, d: str = "", attribute=None):
+    items = [str(x) for x in value]
+    if sum(map(len, items)) + len(str(d)) * max(len(items) - 1, 0) > MAX_VALUE:
+        raise TemplateLimit("join result too long")
+    return str(d).join(items)
+
+
+def _capped_replace(s, old, new, count=None):
+    s, old, new = str(s), str(old), str(new)
+    n = (s.count(old) if old else len(s) + 1) if count is None else min(count, len(s) + 1)
+    if len(s) + n * max(len(new) - len(old), 0) > MAX_VALUE:
+        raise TemplateLimit("replace result too long")
+    return s.replace(old, new) if count is None else s.replace(old, new, count)
+
+
 def _environment() -> jinja2.Environment:
     env = _CmdlineEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
                               keep_trailing_newline=False)
     env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
+    env.filters.update(join=_capped_join, replace=_capped_replace)
     env.tests = {name: env.tests[name] for name in ("defined", "undefined", "none", "string",
                                                     "number", "eq", "ne", "in", "true", "false")}
     env.globals = {"range": _capped_range}
@@ -141,7 +204,7 @@ def render_cmdline(c: Cmdline, variables: dict[str, str], where: str = "cmdline.
     except jinja2.UndefinedError as e:
         raise CCBuildError(f"undefined template variable ({e.message})", where,
                            f"known: {', '.join(sorted(known))}") from None
-    except jinja2.exceptions.SecurityError as e:
+    except SecurityError as e:
         raise CCBuildError(f"template not allowed ({e})", where) from None
     except jinja2.TemplateSyntaxError as e:
         raise CCBuildError(f"template syntax error at line {e.lineno} ({e.message})", where) from None
