@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import __version__, log
 from builder.emit import BuildView, run_emitters
 from builder.emit.manifest import dumps, make_manifest, sha256sums
-from builder.emit.outdir import write_outdir
+from builder.emit.outdir import check_out, write_outdir
 from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
 from builder.store import Store
@@ -31,7 +31,8 @@ class BuildOptions:
     overrides: tuple[str, ...] = ()
     offline: bool = False
     locked: bool = False
-    force: bool = False
+    force: bool = False           # replace an OUT that is not a ccbuild output
+    allow_outside: bool = False   # recipe paths may leave the recipe's directory
     store_root: Path | None = None
     jobs: int = 0                 # 0: all cores
     sign_key: Path | None = None  # ECDSA private key (PEM): write manifest.json.sig
@@ -191,10 +192,13 @@ def _sha(p: Path) -> str:
 def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> BuildResult:
     t0 = time.monotonic()
     lr = load_recipe(recipe_path, list(options.overrides), locked=options.locked)
+    lr = replace(lr, allow_outside=options.allow_outside)
     _check_cmdline_template(lr)   # a bad template fails now, not after the stages
-    store = Store.open(options.store_root)
     out = Path(options.out) if options.out else Path("out") / lr.name
-    c = _Ctx(lr, store, ResolveOptions(store, lr.path.parent, options.offline, options.locked),
+    check_out(out, options.force)   # an OUT that cannot be written fails now, not after the build
+    lr.check_paths()                # every file the recipe names is confined, before any work
+    store = Store.open(options.store_root)
+    c = _Ctx(lr, store, ResolveOptions(store, lr.path.parent, options.offline, options.locked, lr),
              options.jobs or os.cpu_count() or 1)
     with log.step("firmware", c.timings):
         fw = _firmware(c)
@@ -260,13 +264,24 @@ def _h(b: bytes) -> str:
 
 
 def _same_as_disk(out: Path, files: dict[str, bytes]) -> bool:
+    """OUT already holds exactly ``files``: a real directory of regular files (never followed
+    through a symlink, never read past the expected size)."""
+    import stat
     try:
+        if out.is_symlink() or not out.is_dir():
+            return False
         present = {p.name for p in out.iterdir()}
     except OSError:
         return False
     if present != set(files):
         return False
     try:
-        return all((out / n).read_bytes() == b for n, b in files.items())
+        for n, b in files.items():
+            fd = os.open(out / n, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size != len(b) or f.read(len(b) + 1) != b:
+                    return False
+        return True
     except OSError:
         return False

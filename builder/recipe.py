@@ -311,16 +311,104 @@ def _check_image_path(ctx: "_Ctx", where: str, p: str) -> None:
 # -- loading -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadedRecipe:
+    """A validated recipe and where it came from.
+
+    Every file a recipe names goes through :meth:`resolve`, which confines it: after symlinks are
+    resolved the file must lie inside the recipe's directory (a firmware descriptor may also
+    lie in the ``firmware/`` directory beside it and a kernel fragment in the ``kernel/``
+    directory beside it: the layout ccbuild ships, ``recipes/ firmware/ kernel/``). A ``path:``
+    source pinned by sha256 may lie anywhere (its bytes are checked), and ``allow_outside``
+    (``--allow-outside``) lifts the rule. The error names the YAML field and the path.
+    """
     recipe: Recipe
     path: Path          # the recipe file
     name: str           # output name
     digest: str         # sha256 of the canonical JSON of the validated recipe
     text: bytes         # the recipe file's bytes
+    allow_outside: bool = False   # --allow-outside: recipe paths may point anywhere
 
-    def resolve(self, rel: str) -> Path:
-        """A path from the recipe, relative to the recipe's directory."""
+    # fields whose files may also lie in a sibling directory of the recipe's directory
+    _SIBLING_ROOTS = {"firmware.build": "firmware", "kernel.build.fragments": "kernel"}
+
+    def paths(self) -> list[tuple[str, str, bool]]:
+        """``(yaml field, path, pinned)`` of every file the recipe names; ``pinned`` is true for a
+        ``path:`` source with a sha256."""
+        r = self.recipe
+        out: list[tuple[str, str, bool]] = []
+
+        def src(field: str, s: "Source | None") -> None:
+            if s is not None and s.path:
+                out.append((f"{field}.path", s.path, bool(s.sha256)))
+
+        src("firmware.source", r.firmware.source)
+        if r.firmware.build:
+            out.append(("firmware.build", r.firmware.build, False))
+        src("kernel.source", r.kernel.source)
+        if r.kernel.build is not None:
+            src("kernel.build.source", r.kernel.build.source)
+            out += [(f"kernel.build.fragments[{i}]", f, False)
+                    for i, f in enumerate(r.kernel.build.fragments)]
+        src("agent.source", r.agent.source)
+        for section in ("initrd", "rootfs"):
+            sec = getattr(r, section)
+            for i, f in enumerate(sec.files if sec is not None else ()):
+                src(f"{section}.files[{i}].source", f.source)
+        if r.initdata:
+            out.append(("initdata", r.initdata, False))
+        for key in ("id_key", "author_key"):
+            if getattr(r.launch.snp, key):
+                out.append((f"launch.snp.{key}", getattr(r.launch.snp, key), False))
+        if r.launch.tdx.profile:
+            out.append(("launch.tdx.profile", r.launch.tdx.profile, False))
+        return out
+
+    def check_paths(self) -> None:
+        """Confine every path the recipe names (see :meth:`resolve`), before any work."""
+        for field, rel, pinned in self.paths():
+            self.resolve(rel, field, pinned=pinned)
+
+    def resolve(self, rel: str, field: str | None = None, *, pinned: bool = False) -> Path:
+        """The file a recipe path names (relative to the recipe's directory), symlinks resolved,
+        confined to the recipe's directory unless ``pinned`` (a sha256-pinned ``path:`` source)
+        or ``allow_outside``. ``field`` is the YAML field, for errors (found from the value when
+        not given)."""
+        if field is None:
+            field = next((f for f, p, _ in self.paths() if p == rel), "a recipe path")
+        base = self.path.parent
+        where = f"{self.path.name}: {field}"
+        shown = self._shown(rel)
+        if not isinstance(rel, str) or not rel or "\0" in rel:
+            raise CCBuildError(f"not a file path: {shown}", where)
+        check_text(rel, where, "the path")
         p = Path(rel)
-        return p if p.is_absolute() else (self.path.parent / p)
+        p = p if p.is_absolute() else base / p
+        try:
+            real = p.resolve()  # non-strict: a missing file fails when it is read
+        except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop
+            raise CCBuildError(f"cannot resolve {shown} ({getattr(e, 'strerror', None) or e})",
+                               where) from None
+        if pinned or self.allow_outside:
+            return real
+        roots = [base]
+        sibling = self._SIBLING_ROOTS.get(field.split("[")[0])
+        if sibling:
+            roots.append(base.parent / sibling)
+        for root in roots:
+            try:
+                real.relative_to(root.resolve())
+                return real
+            except ValueError:
+                continue
+        allowed = " or ".join(("the recipe's directory", f"../{sibling}/")[:len(roots)])
+        hint = ("pin its sha256, or pass --allow-outside" if field.endswith(".path") and
+                ".source" in field else "copy it there, or pass --allow-outside")
+        raise CCBuildError(f"{shown} is outside {allowed} (after resolving symlinks)", where, hint)
+
+    @staticmethod
+    def _shown(value) -> str:
+        """A path for a one-line message (quoted, no control characters, bounded)."""
+        s = repr(value)
+        return s if len(s) <= 200 else s[:197] + "..."
 
 
 def apply_override(raw: dict, assignment: str, file: str) -> None:

@@ -1,4 +1,5 @@
-"""`ccbuild build RECIPE [-o OUT] [--set KEY=VALUE] [--offline] [--locked] [--json] [-f]`."""
+"""`ccbuild build RECIPE [-o OUT] [--set KEY=VALUE] [--offline] [--locked] [--json] [-f]
+[--allow-outside]`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ def register(sub) -> None:
                    help="fail on any input without a sha256 pin or whose pin changed")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-f", "--force", action="store_true",
-                   help="replace OUT even if it is not a ccbuild output")
+                   help="replace OUT even if it is not a ccbuild output (never a symlink or a "
+                   "file)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let the recipe name files outside its directory (path sources, "
+                   "descriptors, fragments, keys, initdata); default: only a sha256-pinned "
+                   "path source may")
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel build jobs (default: cores)")
     p.add_argument("--cache", type=Path, help="store directory (default $CCBUILD_CACHE or "
                    "~/.cache/ccbuild)")
@@ -31,7 +37,8 @@ def run(args) -> int:
     from builder.build import BuildOptions, build
     res = build(args.recipe, BuildOptions(out=args.out, overrides=tuple(args.overrides),
                                           offline=args.offline, locked=args.locked,
-                                          force=args.force, store_root=args.cache,
+                                          force=args.force, allow_outside=args.allow_outside,
+                                          store_root=args.cache,
                                           jobs=args.jobs, sign_key=args.sign_key))
     if args.json:
         json.dump(res.summary(), sys.stdout, indent=2, sort_keys=True)

@@ -1,4 +1,10 @@
-"""A local file pinned by sha256."""
+"""A local file pinned by sha256.
+
+The file is read through :mod:`builder.inputs` (a regular file, at most ``LIMITS["file"]``), so a
+FIFO, a device such as ``/dev/zero`` or a directory is refused without blocking. Where it may lie
+is decided before, by ``LoadedRecipe.resolve`` (the recipe's directory, unless pinned or
+``--allow-outside``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,14 @@ import hashlib
 from pathlib import Path
 
 from builder.errors import CCBuildError
+from builder.inputs import read_regular
 
 
 def read_path(path: Path, sha256: str | None, where: str) -> bytes:
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CCBuildError(f"file not found: {path.name}", where) from None
-    except IsADirectoryError:
-        raise CCBuildError(f"{path.name} is a directory, not a file", where) from None
-    except OSError as e:
-        raise CCBuildError(f"cannot read {path.name} ({e.strerror})", where) from None
+        data = read_regular(path, "file", where)
+    except CCBuildError as e:
+        raise CCBuildError(f"{e.what}: {path.name}", where, e.hint) from None
     digest = hashlib.sha256(data).hexdigest()
     if sha256 and digest != sha256:
         raise CCBuildError(f"sha256 mismatch for {path.name}: file is {digest}, pinned {sha256}",

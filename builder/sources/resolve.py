@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import CCBuildError
-from builder.recipe import Source
+from builder.recipe import LoadedRecipe, Source
 from builder.store import Store
 
 
@@ -37,6 +37,7 @@ class ResolveOptions:
     base: Path            # the recipe's directory
     offline: bool = False
     locked: bool = False
+    recipe: LoadedRecipe | None = None   # confines path: sources (LoadedRecipe.resolve)
 
 
 def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
@@ -57,10 +58,19 @@ def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
         return Resolved("debian", src.debian, src.version, digest, data)
     if src.path:
         from builder.sources.path import read_path
-        p = Path(src.path)
-        p = p if p.is_absolute() else opts.base / p
-        data = read_path(p, src.sha256, where)
+        p = _confined(src, opts, where)
+        data = read_path(p, src.sha256, f"{where}.path: {src.path}")
         return Resolved("path", Path(src.path).name, "", hashlib.sha256(data).hexdigest(), data)
     from builder.sources.url import fetch_url
     data = fetch_url(opts.store, src.url, src.sha256, offline=opts.offline, where=where)
     return Resolved("url", src.url, "", src.sha256, data)
+
+
+def _confined(src: Source, opts: ResolveOptions, where: str) -> Path:
+    """A ``path:`` source's file, through the recipe's confinement rule (LoadedRecipe.resolve);
+    without a recipe, the same rule with ``opts.base`` as the recipe's directory."""
+    field = f"{where.split(': ')[-1]}.path"
+    lr = opts.recipe
+    if lr is None:
+        lr = LoadedRecipe(None, Path(opts.base).resolve() / "recipe.yaml", "", "", b"")
+    return lr.resolve(src.path, field, pinned=bool(src.sha256))

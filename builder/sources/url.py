@@ -1,4 +1,8 @@
-"""A file downloaded over http(s), pinned by sha256 (for users with internet access)."""
+"""A file downloaded over http(s), pinned by sha256 (for users with internet access).
+
+The download is capped like a local ``path:`` source (``LIMITS["file"]``): a server announcing
+or sending more is refused before memory is an issue.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import urllib.request
 
 from builder import log
 from builder.errors import CCBuildError
+from builder.inputs import LIMITS
 from builder.store import Store
 
 
@@ -20,10 +25,19 @@ def fetch_url(store: Store, url: str, sha256: str, offline: bool, where: str) ->
     log.info(f"download: {url}")
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            chunks = []
+            cap = LIMITS["file"]
+            try:
+                total = int(r.headers.get("Content-Length") or 0) or None
+            except ValueError:
+                total = None
+            if total and total > cap:
+                raise CCBuildError(f"download too large ({total} bytes, limit {cap})", where)
+            chunks, got = [], 0
             with log.bar(total, url.rsplit("/", 1)[-1]) as b:
                 while chunk := r.read(1 << 20):
+                    got += len(chunk)
+                    if got > cap:
+                        raise CCBuildError(f"download too large (more than {cap} bytes)", where)
                     chunks.append(chunk)
                     b.update(len(chunk))
             data = b"".join(chunks)
