@@ -8,6 +8,12 @@ served; if not, the newest version of the same package, or, for a renamed packag
 numbers may change). It downloads the replacement, checks the member exists, and with ``--write``
 rewrites version, package, member and sha256 in place (comments and layout are kept: only the
 scalar values' text spans are replaced).
+
+Hostile recipes: the recipe is validated first (``load_recipe``: the one YAML loader, the
+schema), the descriptor is found through ``LoadedRecipe.resolve`` (confined like a build's) and
+validated (``load_descriptor``), so every mistake is a one-line error before anything is
+fetched. ``--write`` replaces only the recipe file it was given (never through a symlink) and the
+descriptor it names, each atomically.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 import yaml
 
 from builder.errors import CCBuildError
+from builder.inputs import decode_utf8, read_regular
+from builder.safeyaml import load_yaml
 from builder.sources.debian import Apt, deb_member, fetch_deb, fetch_source
 from builder.store import Store, atomic_write
 
@@ -129,74 +137,116 @@ def rewrite_scalars(text: str, edits: list[tuple[list[str], str]]) -> str:
     return text
 
 
-def _pins(raw: dict) -> list[tuple[list[str], dict]]:
-    """(yaml path, source mapping) of every Debian pin in a raw recipe."""
+def _pins(recipe) -> list[tuple[list[str], dict]]:
+    """(yaml path, pin fields) of every Debian pin of a validated recipe."""
+    r = recipe
     out = []
-    for path in (["firmware", "source"], ["kernel", "source"], ["kernel", "build", "source"],
-                 ["agent", "source"]):
-        node = raw
-        for k in path:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get("debian"):
-            out.append((path, node))
-    for i, f in enumerate(((raw.get("initrd") or {}).get("files") or [])):
-        src = f.get("source") if isinstance(f, dict) else None
-        if isinstance(src, dict) and src.get("debian"):
-            out.append((["initrd", "files", str(i), "source"], src))
+    cands = [(["firmware", "source"], r.firmware.source), (["kernel", "source"], r.kernel.source),
+             (["kernel", "build", "source"],
+              r.kernel.build.source if r.kernel.build is not None else None),
+             (["agent", "source"], r.agent.source)]
+    cands += [(["initrd", "files", str(i), "source"], f.source)
+              for i, f in enumerate(r.initrd.files)]
+    if r.rootfs is not None:
+        cands += [(["rootfs", "files", str(i), "source"], f.source)
+                  for i, f in enumerate(r.rootfs.files)]
+    for path, src in cands:
+        if src is not None and src.debian:
+            out.append((path, {k: getattr(src, k) for k in
+                               ("debian", "version", "suite", "member", "sha256")}))
     return out
+
+
+def _raw_at(raw, path: list[str]):
+    node = raw
+    for k in path:
+        if isinstance(node, dict):
+            node = node.get(k)
+        elif isinstance(node, list) and k.isdigit() and int(k) < len(node):
+            node = node[int(k)]
+        else:
+            return None
+    return node
+
+
+def _writable(path: Path, shown: str) -> None:
+    """--write replaces exactly this file: a regular file, not a symlink."""
+    if path.is_symlink() or not path.is_file():
+        raise CCBuildError("--write replaces only a regular file, not a symlink or anything else",
+                           shown, "run lock --write on the file itself")
 
 
 def lock_recipe(recipe: Path, store: Store, write: bool, display: str | None = None
                 ) -> list[Change]:
+    from builder.recipe import RecipeError, load_recipe
     shown = display or str(recipe)
-    text = recipe.read_text()
-    raw = yaml.safe_load(text) or {}
+    recipe = Path(recipe)
+    lr = load_recipe(recipe, display=shown)    # validated: hostile recipes stop here
+    text = decode_utf8(lr.text, "recipe", shown)
+    raw = load_yaml(text, shown, RecipeError) or {}
+    if write:
+        _writable(recipe, shown)
+    desc = None
+    if lr.recipe.firmware.build:
+        desc = lr.resolve(lr.recipe.firmware.build, "firmware.build")   # confined, as in a build
     changes: list[Change] = []
     edits: list[tuple[list[str], str]] = []
-    for path, src in _pins(raw):
-        new = resolve_current(store, src["debian"], str(src.get("version")), src["suite"],
+    for path, src in _pins(lr.recipe):
+        new = resolve_current(store, src["debian"], str(src["version"]), src["suite"],
                               src.get("member"))
         old = {k: src.get(k) for k in new}
         changes.append(Change(shown, ".".join(path), old, new))
+        node = _raw_at(raw, path)
         for k, v in new.items():
             if old.get(k) != v:
-                if k not in src:
+                if not isinstance(node, dict) or k not in node:
                     raise CCBuildError(f"{shown}: {'.'.join(path)}.{k}: add the key, then lock")
                 edits.append((path + [k], v))
-    fw = (raw.get("firmware") or {}).get("build")
-    if isinstance(fw, str):
-        desc = recipe.parent / fw
-        changes += lock_descriptor(desc, store, write, display=fw)
+    if desc is not None:
+        changes += lock_descriptor(desc, store, write, display=lr.recipe.firmware.build)
     if write and edits:
-        atomic_write(recipe, rewrite_scalars(text, edits).encode())
+        new_text = rewrite_scalars(text, edits)
+        load_recipe_text_check(new_text, shown)
+        atomic_write(recipe, new_text.encode(), mode=recipe.stat().st_mode & 0o7777)
     return changes
+
+
+def load_recipe_text_check(text: str, shown: str) -> None:
+    """The rewritten text still parses (a rewrite never produces a broken recipe)."""
+    from builder.recipe import RecipeError
+    load_yaml(text, shown, RecipeError)
 
 
 def lock_descriptor(desc: Path, store: Store, write: bool, display: str) -> list[Change]:
     """An EDK2 descriptor's source package: if the pinned version is gone, the newest served
     one; its tarball pins are rewritten and the output pin cleared (the build re-measures it)."""
-    text = desc.read_text()
-    raw = yaml.safe_load(text) or {}
-    src = raw.get("source") or {}
-    apt = Apt(store, src["suite"])
+    from builder.stages.firmware import load_descriptor
+    d = load_descriptor(desc, display)          # validated: hostile descriptors stop here
+    text = decode_utf8(read_regular(desc, "firmware descriptor", display),
+                       "firmware descriptor", display)
+    pin = d.source
+    apt = Apt(store, pin.suite)
     apt.update(force=True)
-    served = apt.source_versions(src["package"])
-    if str(src["version"]) in served:
-        return [Change(display, "source", {"version": src["version"]},
-                       {"version": src["version"]})]
+    served = apt.source_versions(pin.package)
+    if str(pin.version) in served:
+        return [Change(display, "source", {"version": pin.version}, {"version": pin.version})]
     if not served:
-        raise CCBuildError(f"source package {src['package']} is not served in {src['suite']}",
-                           display)
+        raise CCBuildError(f"source package {pin.package} is not served in {pin.suite}", display)
     new_ver = newest(served)
-    files = fetch_source(store, src["package"], new_ver, src["suite"])
+    files = fetch_source(store, pin.package, new_ver, pin.suite)
     from builder.store import sha256_file
     new_files = {n: sha256_file(p) for n, p in sorted(files.items())}
-    ch = Change(display, "source", {"version": src["version"], "files": src.get("files")},
+    ch = Change(display, "source", {"version": pin.version, "files": pin.files},
                 {"version": new_ver, "files": new_files})
     if write:
+        _writable(desc, display)
         root = yaml.compose(text)
         files_node = _node_at(root, ["source", "files"])
         ver_node = _node_at(root, ["source", "version"])
+        if not isinstance(files_node, yaml.MappingNode) or \
+                not isinstance(ver_node, yaml.ScalarNode):
+            raise CCBuildError("cannot rewrite: source.files must be a block mapping and "
+                               "source.version a scalar", display)
         indent = " " * files_node.start_mark.column
         block = "\n".join(f"{indent}{n}: {d}" if i else f"{n}: {d}"
                           for i, (n, d) in enumerate(new_files.items()))
@@ -207,5 +257,5 @@ def lock_descriptor(desc: Path, store: Store, write: bool, display: str) -> list
             spans.append((sha_node.start_mark.index, sha_node.end_mark.index, "null"))
         for start, end, value in sorted(spans, reverse=True):
             text = text[:start] + value + text[end:]
-        atomic_write(desc, text.encode())
+        atomic_write(desc, text.encode(), mode=desc.stat().st_mode & 0o7777)
     return [ch]
