@@ -6,11 +6,17 @@ dict[str, bytes]``: given the build and the files so far (artifacts + measuremen
 earlier emitters added), it returns the new files (name -> bytes). Emitters never read the
 clock or write paths of this machine; they run in list order, so a later one may digest an
 earlier one's output. manifest.json and SHA256SUMS are written after all of them.
+
+Values from the recipe, profiles and file names are hostile: every value an emitter writes goes
+through a serializer for its format (shell words, TOML values, JSON; see
+:mod:`builder.emit.templating` and :func:`builder.emit.manifest.dumps`), and a value that cannot
+be represented is a one-line :class:`~builder.errors.CCBuildError` naming it, never a broken file.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -46,9 +52,15 @@ class BuildView:
         return "initrd.img" if self.rootfs is None else "rootfs.img"
 
 
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def run_emitters(view: BuildView, files: dict[str, bytes]) -> Iterator[dict[str, bytes]]:
     for name in EMITTERS:
         extra = importlib.import_module(name).emit(view, dict(files))
+        odd = [n for n in extra if not _FILE_NAME.fullmatch(n) or not isinstance(extra[n], bytes)]
+        if odd:
+            raise RuntimeError(f"emitter {name} writes odd files {odd!r}")  # a code bug
         clash = set(extra) & set(files)
         if clash:
             raise RuntimeError(f"emitter {name} overwrites {sorted(clash)}")  # a code bug

@@ -5,23 +5,29 @@ configuration.toml ([hypervisor.qemu]) that launches the built guest as it was m
 its own parameters (the recipe's ``runtime_params``), and the measured command line is that
 final string (cmdline.txt). Paths use the placeholder ``@ARTIFACTS@`` (where OUT's files are
 installed); no path of the build machine is written.
+
+Values are serialized for TOML by tomli_w, and the comments show each value as one line of
+printable text (builder.emit.templating), so a multi-line template or a quote in
+``kernel_params`` cannot end a string or a comment early; the result always parses with tomllib.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 
 from builder import __version__
 from builder.emit import BuildView
-from builder.emit.templating import render
+from builder.emit.templating import render, toml_value
+from builder.errors import CCBuildError
+from builder.inputs import read_regular
 from builder.recipe import expand_vcpus
 
 PLACEHOLDER = "@ARTIFACTS@"
 
 
-def toml_str(s: str) -> str:
-    """A TOML basic string (JSON string escapes are valid TOML for these values)."""
-    return json.dumps(s, ensure_ascii=False)
+def toml_str(s: str, field: str = "value") -> str:
+    """A TOML basic string, written by tomli_w."""
+    return toml_value(s, field)
 
 
 def snp_entry(view: BuildView, vcpus: int) -> dict:
@@ -39,17 +45,30 @@ def snp_entry(view: BuildView, vcpus: int) -> dict:
 
 def emit(view: BuildView, files: dict[str, bytes]) -> dict[str, bytes]:
     r = view.lr.recipe
+    if r.platform not in ("snp", "tdx"):
+        raise CCBuildError(f"unknown platform {r.platform!r}", "platform", "snp or tdx")
+    out_name = f"kata-configuration-qemu-{r.platform}.toml"
     vcpus = expand_vcpus(r.launch.vcpus)[0]
     entry = snp_entry(view, vcpus) if r.platform == "snp" else None
     init = view.measurements.get("initdata")
     annotation = None
     if r.initdata:
         from builder.measure.initdata import kata_annotation
-        annotation = kata_annotation(view.lr.resolve(r.initdata).read_bytes())
-    text = render("kata-configuration.toml.j2", platform=r.platform, name=view.lr.name,
+        raw = read_regular(view.lr.resolve(r.initdata), "initdata", "initdata")
+        measured = (init or {}).get("file_sha256")
+        if measured and hashlib.sha256(raw).hexdigest() != measured:
+            raise CCBuildError("the initdata file changed during the build", "initdata",
+                               "build again")
+        annotation = kata_annotation(raw)
+    tdx = view.measurements.get("tdx")
+    if tdx is not None and tdx.get("profile", {}).get("name") is None:
+        # shown as it always was ("None") when no VMM profile is given
+        tdx = {**tdx, "profile": {**tdx.get("profile", {}), "name": "None"}}
+    text = render("kata-configuration.toml.j2", out_name, platform=r.platform, name=view.lr.name,
                   version=__version__, art=PLACEHOLDER,
-                  image_file=view.image_file, s=toml_str, recipe=r,
+                  kata_file=f"configuration-qemu-{r.platform}.toml",
+                  image_file=view.image_file, recipe=r,
                   cmdline=view.cmdline, vcpus=vcpus, entry=entry,
                   snp_id=view.measurements.get("snp_id"), initdata=init,
-                  annotation=annotation, tdx=view.measurements.get("tdx"))
-    return {f"kata-configuration-qemu-{r.platform}.toml": text.encode()}
+                  annotation=annotation, tdx=tdx)
+    return {out_name: text.encode()}

@@ -6,13 +6,55 @@ import hashlib
 import json
 
 from builder import __version__
+from builder.errors import CCBuildError
 
 MANIFEST_SCHEMA = "ccbuild-manifest/1"
 
 
-def dumps(obj) -> bytes:
-    """Canonical JSON for every file we write: sorted keys, 2-space indent, final newline."""
-    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+def dumps(obj, name: str | None = None) -> bytes:
+    """Canonical JSON for every file we write: sorted keys, 2-space indent, final newline,
+    UTF-8. Every string goes through json.dumps; a value JSON or UTF-8 cannot carry (a lone
+    surrogate, a NaN, a non-string key) is a one-line error naming its path (and ``name``, the
+    file)."""
+    bad = unencodable(obj)
+    if bad:
+        path, why = bad
+        raise CCBuildError(f"{path or '(top)'} cannot be written as JSON: {why}", name,
+                           "use UTF-8 text (file names and recipe values)")
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+            + "\n").encode()
+
+
+def unencodable(obj, path: str = "") -> tuple[str, str] | None:
+    """(path, reason) of the first value of ``obj`` that strict UTF-8 JSON cannot carry."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return path, (f"not valid Unicode (lone surrogate U+{ord(obj[e.start]):04X} at "
+                          f"character {e.start})")
+        return None
+    if isinstance(obj, float):
+        return None if obj == obj and obj not in (float("inf"), float("-inf")) else \
+            (path, f"{obj} is not a JSON number")
+    if obj is None or isinstance(obj, (bool, int)):
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                return path, f"key {k!r} is not a string"
+            sub = f"{path}.{k}" if path else k
+            bad = unencodable(k, sub) or unencodable(v, sub)
+            if bad:
+                return bad
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            bad = unencodable(v, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    return path, f"a {type(obj).__name__} is not a JSON value"
 
 
 def output_record(name: str, data: bytes) -> dict:

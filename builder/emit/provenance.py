@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from builder import __version__
 from builder.emit.manifest import dumps
+from builder.emit.templating import check_unicode
 from builder.errors import CCBuildError
 from builder.recipe import load_recipe, to_jsonable
 
@@ -60,8 +61,9 @@ def overrides_of(lr) -> dict | str:
     return {k: b.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _purl_name(s: str) -> str:
-    return quote(s, safe="+.-_~")
+def _purl_name(s: str, field: str = "input name") -> str:
+    """A purl name/version component: percent-encoded UTF-8."""
+    return quote(check_unicode(s, field, NAME), safe="+.-_~")
 
 
 def dependency(rec: dict) -> dict:
@@ -69,10 +71,11 @@ def dependency(rec: dict) -> dict:
     kind, name, version = rec["kind"], rec["name"], rec.get("version", "")
     d: dict = {"name": f"{rec['role']}:{name}", "digest": {"sha256": rec["sha256"]}}
     if kind == "debian":
-        d["uri"] = f"pkg:deb/debian/{_purl_name(name)}@{_purl_name(version)}"
+        d["uri"] = f"pkg:deb/debian/{_purl_name(name)}@{_purl_name(version, 'input version')}"
     elif kind == "debian-source":
         pkg = name.partition("_")[0]
-        d["uri"] = f"pkg:deb/debian/{_purl_name(pkg)}@{_purl_name(version)}?arch=source"
+        d["uri"] = (f"pkg:deb/debian/{_purl_name(pkg)}@{_purl_name(version, 'input version')}"
+                    "?arch=source")
     elif kind == "url":
         d["uri"] = name
     ann = {k: v for k, v in rec.items() if k not in ("role", "name", "sha256")}
@@ -86,7 +89,8 @@ def statement(view, files: dict[str, bytes]) -> dict:
     canonical = to_jsonable(lr.recipe)
     subjects = [{"name": n, "digest": {"sha256": hashlib.sha256(files[n]).hexdigest()}}
                 for n in sorted(files)]
-    invocation = hashlib.sha256(dumps([lr.digest, list(view.inputs), __version__])).hexdigest()
+    invocation = hashlib.sha256(dumps([lr.digest, list(view.inputs), __version__],
+                                      NAME)).hexdigest()
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -113,5 +117,5 @@ def statement(view, files: dict[str, bytes]) -> dict:
 
 
 def emit(view, files: dict[str, bytes]) -> dict[str, bytes]:
-    return {NAME: dumps(statement(view, files))}
+    return {NAME: dumps(statement(view, files), NAME)}
 

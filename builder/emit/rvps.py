@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import json
 
-from builder.emit.manifest import dumps
+from builder.emit.manifest import dumps, unencodable
+from builder.errors import CCBuildError
 
 NAME = "rvps-reference-values.json"
 MESSAGE_VERSION = "0.1.0"
@@ -33,11 +34,14 @@ def reference_values(measurements: dict) -> dict[str, list[str]]:
 
 
 def message(measurements: dict) -> dict:
-    payload = json.dumps(reference_values(measurements), sort_keys=True,
-                         separators=(",", ":")).encode()
+    rv = reference_values(measurements)
+    bad = unencodable(rv)
+    if bad:  # json.dumps would write a lone surrogate as an escape strict parsers refuse
+        raise CCBuildError(f"reference value {bad[0]} cannot be written as JSON: {bad[1]}", NAME)
+    payload = json.dumps(rv, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     return {"version": MESSAGE_VERSION, "type": "sample",
             "payload": base64.standard_b64encode(payload).decode()}
 
 
 def emit(view, files: dict[str, bytes]) -> dict[str, bytes]:
-    return {NAME: dumps(message(view.measurements))}
+    return {NAME: dumps(message(view.measurements), NAME)}
