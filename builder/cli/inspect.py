@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from builder.cli.measure_snp import read_input
+from builder.cli.common import read_input
 from builder.errors import CCBuildError
 from builder.formats import ccel, snp_report, tdx_quote
+from builder.inputs import LIMITS
 
 KINDS = ("ccel-table", "ccel-log", "tdx-quote", "tdreport", "snp-report")
+EVIDENCE_LIMIT = max(LIMITS[k] for k in ("report", "quote", "acpi table", "event log"))
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,13 @@ def run(args) -> int:
     results: list[Evidence] = []
     if args.ccel is not None:
         table_path, data_path = args.ccel
-        table = ccel.parse_ccel_table(read_input(table_path, "--ccel TABLE"))
-        log = ccel.parse_event_log(read_input(data_path, "--ccel DATA"))
+        table = ccel.parse_ccel_table(read_input(table_path, "--ccel TABLE", "acpi table"))
+        log = ccel.parse_event_log(read_input(data_path, "--ccel DATA", "event log"))
         results += [Evidence("ccel-table", table), Evidence("ccel-log", log)]
     if args.file is not None:
-        results.append(identify(read_input(args.file, "FILE"), args.file))
+        # Any kind of evidence: capped at the largest of them (an event log).
+        data = read_input(args.file, "FILE", "evidence", limit=EVIDENCE_LIMIT)
+        results.append(identify(data, args.file))
     if args.json:
         docs = [r.to_json() for r in results]
         if args.ccel is not None:

@@ -6,14 +6,17 @@ import base64
 import hashlib
 import json
 
-from builder.cli.common import int_arg, read_input
+from builder.cli.common import hash_input, int_arg, read_input, shown, text_arg
 from builder.errors import CCBuildError
-from builder.measure.cpu import cpu_signature, decode_signature, supported_vcpu_types, vcpu_type
+from builder.measure.cpu import (
+    BASE_FAMILY_MAX, cpu_signature, decode_signature, supported_vcpu_types, vcpu_type)
 from builder.measure.sev_hashes import KernelHashes
-from builder.measure.snp import SnpParams, measure, measure_firmware_only
+from builder.measure.snp import LD_SIZE, MAX_VCPUS, SnpParams, measure, measure_firmware_only
 from builder.measure.vmsa import Vmm
 
 MODES = ("snp", "snp:ovmf-hash")
+SIGNATURE_MAX = 0x0FFF_FFFF   # CPUID Fn0000_0001_EAX: bits 27:0 carry family/model/stepping
+GUEST_FEATURES_MAX = (1 << 64) - 1  # SEV_FEATURES is a u64 VMSA field (offset 0x3B0)
 
 
 def register(sub) -> None:
@@ -23,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--kernel", metavar="K", help="kernel file (QEMU -kernel, kernel-hashes=on)")
     p.add_argument("--initrd", metavar="I", help="initrd file (QEMU -initrd)")
     p.add_argument("--append", metavar="STR", help="the final kernel command line (QEMU -append)")
-    p.add_argument("--vcpus", type=int, metavar="N", help="number of vCPUs")
+    p.add_argument("--vcpus", metavar="N", help=f"number of vCPUs (1..{MAX_VCPUS})")
     cpu = p.add_mutually_exclusive_group()
     cpu.add_argument("--vcpu-type", metavar="T", help="QEMU CPU model: "
                      + ", ".join(supported_vcpu_types()))
@@ -50,17 +53,17 @@ def _vcpu(args) -> tuple[str | None, int]:
     if args.vcpu_family is not None:
         if None in model_args:
             raise CCBuildError("--vcpu-family needs --vcpu-model and --vcpu-stepping")
-        return None, cpu_signature(int_arg(args.vcpu_family), int_arg(args.vcpu_model),
-                                   int_arg(args.vcpu_stepping))
+        return None, cpu_signature(
+            int_arg(args.vcpu_family, "--vcpu-family", 0, BASE_FAMILY_MAX + 0xFF),
+            int_arg(args.vcpu_model, "--vcpu-model", 0, 0xFF),
+            int_arg(args.vcpu_stepping, "--vcpu-stepping", 0, 0xF))
     if any(a is not None for a in model_args):
         raise CCBuildError("--vcpu-model and --vcpu-stepping go with --vcpu-family")
     if args.vcpu_type is not None:
         t = vcpu_type(args.vcpu_type)
         return t.name, t.signature
     if args.vcpu_sig is not None:
-        sig = int_arg(args.vcpu_sig)
-        decode_signature(sig)  # range check
-        return None, sig
+        return None, int_arg(args.vcpu_sig, "--vcpu-sig", 0, SIGNATURE_MAX)
     raise CCBuildError("missing vCPU identity",
                        hint="give --vcpu-type, --vcpu-sig or --vcpu-family/--vcpu-model/--vcpu-stepping")
 
@@ -71,11 +74,28 @@ def _file_record(data: bytes | None) -> dict | None:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+def _ovmf_hash(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        raise CCBuildError(f"--ovmf-hash {shown(text)} is not hex",
+                           hint=f"give the {LD_SIZE}-byte digest as {2 * LD_SIZE} hex digits") \
+            from None
+    if len(seed) != LD_SIZE:
+        raise CCBuildError(f"--ovmf-hash has {len(seed)} bytes, expected {LD_SIZE}",
+                           hint=f"give the {LD_SIZE}-byte digest as {2 * LD_SIZE} hex digits")
+    return seed
+
+
 def run(args) -> int:
-    fw = read_input(args.firmware, "--firmware")
-    kernel = read_input(args.kernel, "--kernel")
-    initrd = read_input(args.initrd, "--initrd")
-    if kernel is None and (initrd is not None or args.append is not None):
+    append = text_arg(args.append, "--append")
+    fw = read_input(args.firmware, "--firmware", "firmware")
+    kernel = read_input(args.kernel, "--kernel", "kernel")
+    # The initrd is only hashed: streamed, never held in memory (it may be 2 GiB).
+    initrd = hash_input(args.initrd, "--initrd", "initrd")
+    if kernel is None and (initrd is not None or append is not None):
         raise CCBuildError("--initrd and --append need --kernel",
                            hint="QEMU measures them only with a kernel")
     params_record: dict = {"mode": args.mode}
@@ -87,17 +107,16 @@ def run(args) -> int:
     else:
         if args.vcpus is None:
             raise CCBuildError("missing --vcpus N")
+        vcpus = int_arg(args.vcpus, "--vcpus", 1, MAX_VCPUS)
         name, sig = _vcpu(args)
-        seed = None
-        if args.ovmf_hash is not None:
-            try:
-                seed = bytes.fromhex(args.ovmf_hash)
-            except ValueError:
-                raise CCBuildError("--ovmf-hash is not hex") from None
-        hashes = KernelHashes.of(kernel, initrd, args.append) if kernel is not None else None
-        params = SnpParams(vcpus=args.vcpus, vcpu_sig=sig, vmm=Vmm.parse(args.vmm),
-                           guest_features=int_arg(args.guest_features), kernel_hashes=hashes,
-                           ovmf_hash=seed)
+        features = int_arg(args.guest_features, "--guest-features", 0, GUEST_FEATURES_MAX)
+        seed = _ovmf_hash(args.ovmf_hash)
+        hashes = None
+        if kernel is not None:
+            hashes = KernelHashes.of_digests(hashlib.sha256(kernel).digest(),
+                                             None if initrd is None else initrd[0], append)
+        params = SnpParams(vcpus=vcpus, vcpu_sig=sig, vmm=Vmm.parse(args.vmm),
+                           guest_features=features, kernel_hashes=hashes, ovmf_hash=seed)
         result = measure(fw, params)
         cpuid = decode_signature(sig)
         params_record.update(
@@ -116,8 +135,10 @@ def run(args) -> int:
         "value": value,
         "format": args.format,
         "inputs": {"firmware": _file_record(fw), "kernel": _file_record(kernel),
-                   "initrd": _file_record(initrd), "append": args.append,
-                   "cmdline_sha256": (hashlib.sha256((args.append or "").encode() + b"\0")
+                   "initrd": (None if initrd is None
+                              else {"sha256": initrd[0].hex(), "size": initrd[1]}),
+                   "append": append,
+                   "cmdline_sha256": (hashlib.sha256((append or "").encode() + b"\0")
                                       .hexdigest() if kernel is not None else None)},
         "parameters": params_record,
         "transcript": [op.as_dict() for op in result.transcript],

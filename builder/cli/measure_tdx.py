@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import replace
 
-from builder.cli.common import read_input
+from builder.cli.common import read_input, text_arg
 from builder.errors import CCBuildError
 from builder.measure.tdx import TdxParams, measure_tdx, result_to_dict
 from builder.measure.tdx_mrtd import PageAddOrder
@@ -43,22 +43,23 @@ def params_from_args(args) -> TdxParams:
 
 
 def run(args) -> int:
-    fw = read_input(args.firmware, "--firmware")
-    kernel = read_input(args.kernel, "--kernel")
-    initrd = read_input(args.initrd, "--initrd")
+    append = text_arg(args.append, "--append")
+    fw = read_input(args.firmware, "--firmware", "firmware")
+    kernel = read_input(args.kernel, "--kernel", "kernel")
+    initrd = read_input(args.initrd, "--initrd", "initrd")
     if initrd is not None and kernel is None:
         raise CCBuildError("--initrd needs --kernel (direct kernel boot)")
-    if args.append is not None and kernel is None:
+    if append is not None and kernel is None:
         raise CCBuildError("--append needs --kernel (direct kernel boot)")
     params = params_from_args(args)
-    result = measure_tdx(fw, kernel, initrd, args.append, params)
+    result = measure_tdx(fw, kernel, initrd, append, params)
     record = result_to_dict(result, params)
     if args.json:
         inputs = {name: {"path": path, "sha256": hashlib.sha256(data).hexdigest()}
                   for name, path, data in (("firmware", args.firmware, fw),
                                            ("kernel", args.kernel, kernel),
                                            ("initrd", args.initrd, initrd)) if data is not None}
-        record = {"inputs": inputs, "append": args.append, **record}
+        record = {"inputs": inputs, "append": append, **record}
         if args.register:
             record = {"register": args.register, "value": record[args.register], **record}
         print(json.dumps(record, indent=2))

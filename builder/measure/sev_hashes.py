@@ -43,6 +43,16 @@ class KernelHashes:
         return cls(hashlib.sha256(kernel).digest(), hashlib.sha256(initrd or b"").digest(),
                    hashlib.sha256(cmdline).digest())
 
+    @classmethod
+    def of_digests(cls, kernel_sha256: bytes, initrd_sha256: bytes | None = None,
+                   append: str | None = None) -> "KernelHashes":
+        """Like :meth:`of`, from the SHA-256 of the kernel and of the initrd (streamed by the
+        caller: an initrd may be larger than what fits in memory)."""
+        cmdline = (append or "").encode() + b"\0"
+        return cls(kernel_sha256,
+                   hashlib.sha256(b"").digest() if initrd_sha256 is None else initrd_sha256,
+                   hashlib.sha256(cmdline).digest())
+
     def table(self) -> bytes:
         """The padded table (176 bytes)."""
         out = SEV_HASH_TABLE_HEADER_GUID.bytes_le + struct.pack("<H", TABLE_SIZE)
