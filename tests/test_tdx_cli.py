@@ -13,7 +13,7 @@ from builder.errors import CCBuildError
 from builder.measure.linux_setup import qemu_patch_setup_header
 from builder.measure.tdx_profile import PROFILE_DIR, load_profile
 from test_pe import _oracle, minimal_pe
-from test_tdx_mrtd import synthetic_tdvf
+from helpers import synthetic_tdvf
 
 
 def _chain(digests):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import struct
-import uuid
 
 import pytest
 
 from builder.formats.tdvf import parse_tdvf_metadata
 from builder.measure.tdx_mrtd import mrtd
+from helpers import synthetic_tdvf
 
 # /work/shared/vectors/README.md: MRTD (interleaved page adds), each agreed by two independent
 # implementations.
@@ -38,37 +37,6 @@ def test_debian_firmware_mrtd(debian_file, package, version, suite, member, expe
 
 
 # --- a synthetic TDVF, built here byte by byte ------------------------------------------------
-
-def _guid(s: str) -> bytes:
-    return uuid.UUID(s).bytes_le
-
-
-def synthetic_tdvf() -> bytes:
-    """An 16 KiB image: a 2-page BFV at 0xFFFFC000 (data at file offset 0x1000, MR.EXTEND), a
-    1-page TD_HOB (no data), a 1-page PAGE.AUG TempMem; the descriptor in the last page, found
-    through the footer table."""
-    size = 0x4000
-    img = bytearray(size)
-    for i in range(0x2000):
-        img[0x1000 + i] = (i * 7 + 3) & 0xFF
-    desc_off = 0x3C00
-    sections = [
-        (0x1000, 0x2000, 0xFFFFC000 + 0x1000, 0x2000, 0, 1),   # BFV, MR.EXTEND
-        (0, 0, 0x800000, 0x1000, 2, 0),                         # TD_HOB
-        (0, 0, 0x900000, 0x1000, 3, 2),                         # TempMem, PAGE.AUG
-    ]
-    img[desc_off - 16:desc_off] = _guid("e9eaf9f3-168e-44d5-a8eb-7f4d8738f6ae")
-    img[desc_off:desc_off + 16] = b"TDVF" + struct.pack("<III", 16 + 32 * 3, 1, 3)
-    for i, s in enumerate(sections):
-        struct.pack_into("<IIQQII", img, desc_off + 16 + 32 * i, *s)
-    # footer table: [TDX entry: u32 offset-from-end | u16 len 22 | GUID][u16 total | footer GUID]
-    end = size - 32
-    entry = struct.pack("<I", size - desc_off) + struct.pack("<H", 22) + _guid(
-        "e47a6535-984a-4798-865e-4685a7bf8ec2")
-    footer = struct.pack("<H", 22 + 18) + _guid("96b582de-1fb2-45f7-baea-a366c55a082d")
-    img[end - 18 - 22:end] = entry + footer
-    return bytes(img)
-
 
 def _rec(tag: bytes, gpa: int) -> bytes:
     return tag + bytes(16 - len(tag)) + gpa.to_bytes(8, "little") + bytes(104)

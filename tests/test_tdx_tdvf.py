@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builder.errors import CCBuildError, FormatError
 from builder.formats.tdvf import SectionType, has_tdvf_metadata, parse_tdvf_metadata
-from test_tdx_mrtd import synthetic_tdvf
+from helpers import synthetic_tdvf
 
 DESC = 0x3C00
 
