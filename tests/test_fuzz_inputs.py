@@ -1,0 +1,157 @@
+"""Property-based fuzzing of the text-input loaders (bounded time, runs in CI): the recipe loader
+(with --set), the command-line template sandbox and the TDX profile loader. The property: any
+input either loads or raises CCBuildError with one short line; no other exception escapes.
+The parser fuzz tests of the binary evidence formats live beside their parsers' tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from builder.errors import CCBuildError
+from builder.measure.tdx_profile import load_profile
+from builder.recipe import Cmdline, load_recipe
+from builder.stages.cmdline import render_cmdline
+
+REPO = Path(__file__).resolve().parent.parent
+FUZZ = settings(max_examples=250, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+# JSON/YAML-like values with the shapes that broke loaders: huge and negative numbers, hex-ish
+# strings, control characters, lone surrogates, nesting, lists where scalars belong.
+scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(1 << 80), max_value=1 << 80),
+    st.sampled_from([10 ** 100, -1, 0, 0x30000, 2 ** 64, 2 ** 64 - 1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["0x-1", "0x", "1-0", "2G", "-2G", "..", "../../etc/passwd", "/dev/zero",
+                     "{{ 1/0 }}", "\ud800", "a\x00b", "$(touch x)", "`id`", "EPYC-v4", "snp",
+                     "tdx", "f" * 64, "0" * 96, "Boot0000", "uiapp", "interleaved"]),
+)
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12)
+
+
+def _paths(doc, prefix=()):
+    """Every key path of a nested mapping (lists indexed)."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+def _set(doc, path, value):
+    node = doc
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+
+
+def _mutations(base: dict):
+    paths = sorted(_paths(base), key=str)
+    return st.lists(st.tuples(st.sampled_from(paths), values), min_size=1, max_size=3)
+
+
+def _dump(doc) -> bytes:
+    return yaml.safe_dump(doc, allow_unicode=True).encode("utf-8", "surrogatepass")
+
+
+def _check_error(e: CCBuildError) -> None:
+    line = e.one_line()
+    assert "\n" not in line and len(line) < 1000, line
+
+
+SNP = yaml.safe_load((REPO / "recipes" / "snp.yaml").read_text())
+TDX = yaml.safe_load((REPO / "recipes" / "tdx.yaml").read_text())
+
+
+@FUZZ
+@given(st.sampled_from([SNP, TDX]).flatmap(lambda base: st.tuples(st.just(base), _mutations(base))))
+def test_fuzz_recipe_mutations(tmp_path_factory, case):
+    import copy
+    base, muts = case
+    doc = copy.deepcopy(base)
+    for path, value in muts:
+        try:
+            _set(doc, path, value)
+        except (KeyError, IndexError, TypeError):
+            pass
+    p = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    p.write_bytes(_dump(doc))
+    try:
+        load_recipe(p, display="r.yaml")
+    except CCBuildError as e:
+        _check_error(e)
+
+
+@FUZZ
+@given(st.binary(max_size=400) | st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_fuzz_recipe_bytes(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    p.write_bytes(b"platform: snp\n" + data)
+    try:
+        load_recipe(p, display="r.yaml")
+    except CCBuildError as e:
+        _check_error(e)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["platform", "launch.vcpus", "cmdline.template",
+                                           "launch.snp.policy", "kernel.source.sha256",
+                                           "initrd.files", "a.b.c", "launch", ""]),
+                          st.text(max_size=60)), max_size=3))
+def test_fuzz_set_overrides(tmp_path_factory, sets):
+    p = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    p.write_bytes(_dump(SNP))
+    try:
+        load_recipe(p, [f"{k}={v}" for k, v in sets], display="r.yaml")
+    except CCBuildError as e:
+        _check_error(e)
+
+
+TOKENS = ["{{", "}}", "{%", "%}", "kernel_params", "runtime_params", "name", "platform", "range",
+          "(", ")", "[", "]", "10", "**", "*", "~", "+", "/", "0", "9", "'a'", "|", "join", "replace",
+          "upper", "for", "in", "endfor", "if", "endif", "set", "x", "=", ".", "__class__", "split",
+          "loop", "index", ",", " ", "macro", "endmacro", "m", "%", "format", "\ud800", "\x00"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=30).map("".join))
+def test_fuzz_cmdline_template(template):
+    try:
+        out = render_cmdline(Cmdline(template=template, kernel_params="console=ttyS0 quiet"),
+                             {"platform": "snp", "name": "n"})
+    except CCBuildError as e:
+        _check_error(e)
+        return
+    assert len(out.encode()) <= 4095 and "\n" not in out
+
+
+PROFILE = yaml.safe_load((REPO / "recipes" / "profiles" / "qemu-10.1-ovmf-202508.yaml").read_text())
+
+
+@FUZZ
+@given(_mutations(PROFILE))
+def test_fuzz_tdx_profile(tmp_path_factory, muts):
+    import copy
+    doc = copy.deepcopy(PROFILE)
+    for path, value in muts:
+        try:
+            _set(doc, path, value)
+        except (KeyError, IndexError, TypeError):
+            pass
+    p = tmp_path_factory.mktemp("fuzz") / "p.yaml"
+    p.write_bytes(_dump(doc))
+    try:
+        load_profile(p)
+    except CCBuildError as e:
+        _check_error(e)
