@@ -7,6 +7,12 @@ a footer entry holds a u32 offset, counted from the end of the image, of the des
 ``u32 gpa | u32 size | u32 type``. Sections are measured in table order.
 
 Every malformed input is a FormatError that names the offset; nothing else escapes.
+
+Bounds: at most MAX_SECTIONS sections (OvmfSevMetadata.asm declares under ten; the checks and
+the launch do work per pair of sections); every section is page aligned, lies below 4 GiB (the
+gpa and size are u32 fields and SNP_LAUNCH_UPDATE pages of the initial image are below the
+firmware, which ends at 4 GiB) and below the image itself, and no two overlap. So the pages a
+launch measures are at most 2^20 whatever the metadata says.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ SEV_METADATA_SIGNATURE = b"ASEV"
 SEV_METADATA_VERSION = 1
 _HEADER_SIZE = 16
 _SECTION_SIZE = 12
+MAX_SECTIONS = 256
 
 
 class SectionType(enum.IntEnum):
@@ -129,6 +136,9 @@ def parse_sev_metadata(fw: bytes) -> SevMetadata | None:
     if length < _HEADER_SIZE + _SECTION_SIZE * count or start + length > len(fw):
         raise FormatError(f"SEV metadata length {length} does not fit {count} sections inside the "
                           "firmware", start + 4)
+    if count > MAX_SECTIONS:
+        raise FormatError(f"SEV metadata declares {count} sections; at most {MAX_SECTIONS} are "
+                          "accepted (OVMF declares under ten)", start + 12)
     sections: list[SevSection] = []
     for i in range(count):
         off = start + _HEADER_SIZE + _SECTION_SIZE * i

@@ -10,6 +10,20 @@ descriptor starts, and the 16 bytes before it are ``TDVF_METADATA_GUID``::
 
 A section whose Attributes has MR.EXTEND set has its page contents extended into MRTD; PAGE.AUG
 marks pages the VMM does not add (accepted later by the guest), so they are not measured at all.
+
+Bounds (hostile images must not make the measurement allocate or loop without end):
+
+- at most MAX_SECTIONS sections (OVMF's IntelTdx metadata has under a dozen, hand-written in
+  OvmfPkg/ResetVector; the TD HOB builder does work per pair of sections);
+- every section lies within the 52-bit guest-physical space (TDX module: GPAW is 48 or 52 bits);
+- every section the VMM adds (not PAGE.AUG) lies below 4 GiB: a TD vCPU starts in 32-bit
+  protected mode without paging (TDX module base spec, initial vCPU state) and TDVF's reset
+  vector uses these pages (the image's BFV/CFV, mapped so the image ends at 4 GiB, and the TD_HOB
+  and TempMem it runs on) before it can address anything higher; with no overlaps this bounds the
+  PAGE.ADD records of an image at 2^20 (128 MiB of MRTD stream);
+- the pages extended with MR.EXTEND carry the image's own contents (QEMU copies BFV/CFV from the
+  image; hw/i386/tdvf.c requires raw data for them), so together they are at most the image's
+  size: the MR.EXTEND stream is at most 1.5 times the image.
 """
 
 from __future__ import annotations
@@ -28,6 +42,10 @@ TDVF_VERSION = 1
 DESCRIPTOR_SIZE = 16
 SECTION_SIZE = 32
 PAGE_SIZE = 0x1000
+
+MAX_SECTIONS = 256
+FOUR_GIB = 1 << 32
+GPA_SPACE = 1 << 52
 
 ATTR_MR_EXTEND = 0x1
 ATTR_PAGE_AUG = 0x2
@@ -117,9 +135,16 @@ def _parse_section(fw: bytes, pos: int) -> TdvfSection:
     if s.memory_size % PAGE_SIZE or s.memory_size == 0:
         raise FormatError(f"{name} memory size 0x{s.memory_size:x} is not a positive multiple "
                           "of 4 KiB", pos + 16)
-    if s.memory_address + s.memory_size > 1 << 52:
-        raise FormatError(f"{name} memory range ends beyond the 52-bit guest physical space",
-                          pos + 8)
+    if s.memory_address + s.memory_size > GPA_SPACE:
+        raise FormatError(f"{name} memory range 0x{s.memory_address:x}+0x{s.memory_size:x} ends "
+                          "beyond the 52-bit guest physical space", pos + 8)
+    if not s.page_aug and s.memory_address + s.memory_size > FOUR_GIB:
+        raise FormatError(f"{name} memory range 0x{s.memory_address:x}+0x{s.memory_size:x} is "
+                          "added by the VMM but ends above 4 GiB, where a TD's 32-bit start "
+                          "cannot reach it", pos + 8)
+    if s.mr_extend and s.memory_size > len(fw):
+        raise FormatError(f"{name} extends 0x{s.memory_size:x} bytes with MR.EXTEND, more than "
+                          f"the {len(fw)}-byte image holds", pos + 16)
     if s.raw_size > s.memory_size:
         raise FormatError(f"{name} raw size 0x{s.raw_size:x} exceeds its memory size "
                           f"0x{s.memory_size:x}", pos + 4)
@@ -150,6 +175,9 @@ def parse_tdvf_metadata(fw: bytes) -> TdvfMetadata | None:
     if version != TDVF_VERSION:
         raise FormatError(f"TDVF metadata version {version} is not supported (expected 1)",
                           off + 8)
+    if count > MAX_SECTIONS:
+        raise FormatError(f"TDVF metadata declares {count} sections; at most {MAX_SECTIONS} are "
+                          "accepted (TDVF images have about ten)", off + 12)
     if length != DESCRIPTOR_SIZE + SECTION_SIZE * count:
         raise FormatError(f"TDVF descriptor length {length} does not match {count} sections",
                           off + 4)
@@ -159,6 +187,10 @@ def parse_tdvf_metadata(fw: bytes) -> TdvfMetadata | None:
     sections = tuple(_parse_section(fw, off + DESCRIPTOR_SIZE + SECTION_SIZE * i)
                      for i in range(count))
     _check_overlaps(sections)
+    extended = sum(s.memory_size for s in sections if s.mr_extend)
+    if extended > len(fw):
+        raise FormatError(f"TDVF sections extend 0x{extended:x} bytes with MR.EXTEND, more than "
+                          f"the {len(fw)}-byte image holds", off + 12)
     return TdvfMetadata(offset=off, sections=sections)
 
 

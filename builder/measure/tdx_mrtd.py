@@ -21,7 +21,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from builder.formats.tdvf import PAGE_SIZE, TdvfMetadata, TdvfSection, section_bytes
+from builder.formats.tdvf import PAGE_SIZE, TdvfMetadata, TdvfSection
 
 MR_EXTEND_CHUNK = 256
 _RECORD = struct.Struct("<16sQ104x")  # 128 bytes
@@ -53,28 +53,41 @@ def _extend_parts(base_gpa: int, data: memoryview, parts: list) -> None:
         parts.append(data[off:off + MR_EXTEND_CHUNK])
 
 
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _page(fw: bytes, s: TdvfSection, off: int) -> bytes | memoryview:
+    """Page ``off`` of the section's guest memory: raw data, zero-filled past RawDataSize
+    (built page by page, so the zero tail is never allocated whole)."""
+    if off + PAGE_SIZE <= s.raw_size:
+        return memoryview(fw)[s.data_offset + off:s.data_offset + off + PAGE_SIZE]
+    if off >= s.raw_size:
+        return _ZERO_PAGE
+    head = fw[s.data_offset + off:s.data_offset + s.raw_size]
+    return head + bytes(PAGE_SIZE - len(head))
+
+
 def _section_blocks(fw: bytes, s: TdvfSection, order: PageAddOrder) -> Iterator[bytes]:
-    """Yield, in the VMM's order, the bytes a section feeds into MRTD (in blocks of pages)."""
+    """Yield, in the VMM's order, the bytes a section feeds into MRTD, in blocks of at most
+    _BLOCK_PAGES pages (memory stays bounded whatever the section size)."""
     if s.page_aug:
         return
     pack = _RECORD.pack
-    gpas = range(s.memory_address, s.memory_address + s.memory_size, PAGE_SIZE)
+    step = _BLOCK_PAGES * PAGE_SIZE
+    end = s.memory_address + s.memory_size
     if not s.mr_extend or order is PageAddOrder.TWO_PASS:
-        yield b"".join([pack(_PAGE_ADD_TAG, g) for g in gpas])
+        for start in range(s.memory_address, end, step):
+            yield b"".join([pack(_PAGE_ADD_TAG, g)
+                            for g in range(start, min(start + step, end), PAGE_SIZE)])
     if not s.mr_extend:
         return
-    if s.raw_size == s.memory_size:
-        data = memoryview(fw)[s.data_offset:s.data_offset + s.raw_size]
-    else:
-        data = memoryview(section_bytes(fw, s))
-    step = _BLOCK_PAGES * PAGE_SIZE
     for start in range(0, s.memory_size, step):
         parts: list[bytes | memoryview] = []
         for off in range(start, min(start + step, s.memory_size), PAGE_SIZE):
             gpa = s.memory_address + off
             if order is PageAddOrder.INTERLEAVED:
                 parts.append(pack(_PAGE_ADD_TAG, gpa))
-            _extend_parts(gpa, data[off:off + PAGE_SIZE], parts)
+            _extend_parts(gpa, memoryview(_page(fw, s, off)), parts)
         yield b"".join(parts)
 
 
