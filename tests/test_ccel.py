@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from builder.errors import CCBuildError, FormatError
 from builder.formats import ccel
+from builder.formats.tcg import EventType, parse_uefi_variable_data
 
 GO_TDX = "tdx/go-tdx-guest"
 # TDX quote v4: 48-byte header, TD report body at 0x30, RTMR0 at body + 0x148 (Intel TDX DCAP
@@ -68,19 +69,19 @@ def test_real_log_digests_follow_the_tcg_rules(real_log):
     log = ccel.parse_event_log(real_log)
     checked = 0
     for ev in log.events:
-        if ev.event_type in (ccel.EV_SEPARATOR, ccel.EV_EFI_ACTION):
+        if ev.event_type in (EventType.EV_SEPARATOR, EventType.EV_EFI_ACTION):
             assert ev.digest() == hashlib.sha384(ev.data).digest(), ev.number
             checked += 1
     assert checked == 5
-    seps = [ev for ev in log.events if ev.event_type == ccel.EV_SEPARATOR]
+    seps = [ev for ev in log.events if ev.event_type == EventType.EV_SEPARATOR]
     assert [ev.rtmr for ev in seps] == [0, 1]
     assert all(ev.data == b"\0\0\0\0" for ev in seps)
 
 
 def test_real_log_variables_decode(real_log):
     log = ccel.parse_event_log(real_log)
-    names = [ccel.parse_uefi_variable(ev.data).name for ev in log.events
-             if ev.event_type == ccel.EV_EFI_VARIABLE_DRIVER_CONFIG]
+    names = [parse_uefi_variable_data(ev.data, exact=False).name for ev in log.events
+             if ev.event_type == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG]
     assert names == ["SecureBoot", "PK", "KEK", "db", "dbx"]
 
 
@@ -118,10 +119,10 @@ def both(data: bytes):
 def test_hand_built_log_two_algorithms_and_zero_fill():
     a, b, c = b"one", b"two", b"three"
     raw = (spec_id_event()
-           + event2(1, ccel.EV_EFI_ACTION, a, both(a))
-           + event2(3, ccel.EV_NO_ACTION, b"ignored", both(b"ignored"))
-           + event2(3, ccel.EV_IPL, b, both(b))
-           + event2(4, ccel.EV_EVENT_TAG, c, both(c))
+           + event2(1, EventType.EV_EFI_ACTION, a, both(a))
+           + event2(3, EventType.EV_NO_ACTION, b"ignored", both(b"ignored"))
+           + event2(3, EventType.EV_IPL, b, both(b))
+           + event2(4, EventType.EV_EVENT_TAG, c, both(c))
            + bytes(100))
     log = ccel.parse_event_log(raw)
     assert len(log.events) == 4
@@ -138,7 +139,7 @@ def test_hand_built_log_two_algorithms_and_zero_fill():
 
 
 def test_log_without_fill_ends_at_end_of_data():
-    raw = spec_id_event(((0x000C, 48),)) + event2(2, ccel.EV_SEPARATOR, b"\0" * 4,
+    raw = spec_id_event(((0x000C, 48),)) + event2(2, EventType.EV_SEPARATOR, b"\0" * 4,
                                                    [(0x000C, hashlib.sha384(b"\0" * 4).digest())])
     log = ccel.parse_event_log(raw)
     assert len(log.events) == 1 and log.end_offset == len(raw)
@@ -146,7 +147,7 @@ def test_log_without_fill_ends_at_end_of_data():
 
 
 def test_truncated_event_names_offset():
-    raw = spec_id_event() + event2(1, ccel.EV_EFI_ACTION, b"x" * 10, both(b"x" * 10))
+    raw = spec_id_event() + event2(1, EventType.EV_EFI_ACTION, b"x" * 10, both(b"x" * 10))
     with pytest.raises(FormatError) as e:
         ccel.parse_event_log(raw[:-3])
     assert e.value.offset is not None and "offset 0x" in str(e.value)
@@ -154,7 +155,7 @@ def test_truncated_event_names_offset():
 
 def test_unknown_algorithm_rejected():
     head = spec_id_event(((0x000C, 48),))
-    raw = head + event2(1, ccel.EV_EFI_ACTION, b"x", [(0x000B, bytes(32))])
+    raw = head + event2(1, EventType.EV_EFI_ACTION, b"x", [(0x000B, bytes(32))])
     with pytest.raises(FormatError, match="algorithm 0x000b") as e:
         ccel.parse_event_log(raw)
     assert e.value.offset == len(head) + 12
@@ -166,15 +167,15 @@ def test_first_event_must_be_spec_id():
     with pytest.raises(FormatError, match="Spec ID Event03"):
         ccel.parse_event_log(bytes(raw))
     with pytest.raises(FormatError, match="EV_NO_ACTION"):
-        ccel.parse_event_log(event2(1, ccel.EV_EFI_ACTION, b"x", both(b"x")))
+        ccel.parse_event_log(event2(1, EventType.EV_EFI_ACTION, b"x", both(b"x")))
 
 
 def test_replay_rejects_mrtd_and_missing_sha384():
-    raw = spec_id_event() + event2(0, ccel.EV_EFI_ACTION, b"x", both(b"x"))
+    raw = spec_id_event() + event2(0, EventType.EV_EFI_ACTION, b"x", both(b"x"))
     with pytest.raises(FormatError, match="MR index 0"):
         ccel.parse_event_log(raw).replay()
     assert "MR index 0" in ccel.parse_event_log(raw).to_json()["replay_error"]
-    raw = spec_id_event() + event2(1, ccel.EV_EFI_ACTION, b"x", both(b"x")[:1])
+    raw = spec_id_event() + event2(1, EventType.EV_EFI_ACTION, b"x", both(b"x")[:1])
     with pytest.raises(FormatError, match="SHA-384"):
         ccel.parse_event_log(raw).replay()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from builder.formats.ccel import parse_event_log, replay
-from builder.measure import rtmr
+from builder.formats import tcg as rtmr
 from builder.measure.tdx_events import (
     CALLING_EFI_APPLICATION, EXIT_BOOT_SERVICES_INVOCATION, EXIT_BOOT_SERVICES_SUCCEEDED,
     EventType, efi_action_digest, kernel_load_options, ovmf_uiapp_boot_option,

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from builder.formats import ccel
+from builder.formats.tcg import EventType, parse_uefi_variable_data
 from builder.measure import tdx_events as te
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +37,9 @@ def engine_digest(type_name: str, data: bytes) -> bytes | None:
     if type_name == "EV_EFI_ACTION":
         return te.efi_action_digest(data.decode("ascii"))
     if type_name in ("EV_EFI_VARIABLE_DRIVER_CONFIG", "EV_EFI_VARIABLE_AUTHORITY"):
-        return te.variable_driver_config_digest(*te.parse_uefi_variable_data(data))
+        return te.variable_driver_config_digest(*parse_uefi_variable_data(data))
     if type_name == "EV_EFI_VARIABLE_BOOT":
-        return te.variable_boot_digest(te.parse_uefi_variable_data(data)[2])
+        return te.variable_boot_digest(parse_uefi_variable_data(data)[2])
     return None
 
 
@@ -54,7 +55,7 @@ def expected_out(tmp_path: Path, quote: Path, log_bytes: bytes) -> tuple[Path, i
     log = ccel.parse_event_log(log_bytes)
     events, from_engine = [], 0
     for ev in log.events:
-        if ev.event_type == ccel.EV_NO_ACTION:
+        if ev.event_type == EventType.EV_NO_ACTION:
             continue
         d = engine_digest(ev.type_name, ev.data)
         if d is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from builder.cli.common import read_input
 from builder.errors import CCBuildError
 from builder.formats import ccel, snp_report, tdx_quote
+from builder.formats.tcg import EventType
 from builder.inputs import LIMITS
 
 KINDS = ("ccel-table", "ccel-log", "tdx-quote", "tdreport", "snp-report")
@@ -45,7 +46,7 @@ class Evidence:
 
 
 def _looks_like_event_log(data: bytes) -> bool:
-    return (len(data) >= 48 and data[4:8] == ccel.EV_NO_ACTION.to_bytes(4, "little")
+    return (len(data) >= 48 and data[4:8] == EventType.EV_NO_ACTION.to_bytes(4, "little")
             and data[32:32 + len(ccel.SPEC_ID_SIGNATURE)] == ccel.SPEC_ID_SIGNATURE)
 
 

@@ -38,12 +38,13 @@ events are not extended.
 from __future__ import annotations
 
 import struct
-import uuid
 from dataclasses import dataclass
 
 from builder.errors import FormatError
-from builder.measure.rtmr import extend  # the one definition of the RTMR extend rule
 from builder.formats.bytesreader import take, u8, u16, u32, u64
+from builder.formats.tcg import (RTMR_COUNT, TPM_ALG_SHA384, VARIABLE_EVENTS,
+                                 EventType, algorithm_name, event_type_name, extend,
+                                 parse_uefi_variable_data)
 
 # --- ACPI table -------------------------------------------------------------------------------
 
@@ -51,73 +52,7 @@ CCEL_SIGNATURE = b"CCEL"
 CCEL_TABLE_LENGTH = 56
 CC_TYPES = {0: "reserved", 1: "AMD SEV", 2: "Intel TDX"}
 
-# --- TCG algorithm registry (TCG Algorithm Registry, TPM_ALG_ID) ------------------------------
-
-TPM_ALG_SHA1 = 0x0004
-TPM_ALG_SHA256 = 0x000B
-TPM_ALG_SHA384 = 0x000C
-TPM_ALG_SHA512 = 0x000D
-TPM_ALG_SM3_256 = 0x0012
-TPM_ALG_SHA3_256 = 0x0027
-TPM_ALG_SHA3_384 = 0x0028
-TPM_ALG_SHA3_512 = 0x0029
-ALGORITHM_NAMES = {
-    TPM_ALG_SHA1: "sha1", TPM_ALG_SHA256: "sha256", TPM_ALG_SHA384: "sha384",
-    TPM_ALG_SHA512: "sha512", TPM_ALG_SM3_256: "sm3_256", TPM_ALG_SHA3_256: "sha3_256",
-    TPM_ALG_SHA3_384: "sha3_384", TPM_ALG_SHA3_512: "sha3_512",
-}
-
-# --- Event types (TCG PC Client PFP, table 9) -------------------------------------------------
-
-EV_PREBOOT_CERT = 0x00000000
-EV_POST_CODE = 0x00000001
-EV_UNUSED = 0x00000002
-EV_NO_ACTION = 0x00000003
-EV_SEPARATOR = 0x00000004
-EV_ACTION = 0x00000005
-EV_EVENT_TAG = 0x00000006
-EV_S_CRTM_CONTENTS = 0x00000007
-EV_S_CRTM_VERSION = 0x00000008
-EV_CPU_MICROCODE = 0x00000009
-EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
-EV_TABLE_OF_DEVICES = 0x0000000B
-EV_COMPACT_HASH = 0x0000000C
-EV_IPL = 0x0000000D
-EV_IPL_PARTITION_DATA = 0x0000000E
-EV_NONHOST_CODE = 0x0000000F
-EV_NONHOST_CONFIG = 0x00000010
-EV_NONHOST_INFO = 0x00000011
-EV_OMIT_BOOT_DEVICE_EVENTS = 0x00000012
-EV_POST_CODE2 = 0x00000013
-EV_EFI_EVENT_BASE = 0x80000000
-EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
-EV_EFI_VARIABLE_BOOT = 0x80000002
-EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
-EV_EFI_BOOT_SERVICES_DRIVER = 0x80000004
-EV_EFI_RUNTIME_SERVICES_DRIVER = 0x80000005
-EV_EFI_GPT_EVENT = 0x80000006
-EV_EFI_ACTION = 0x80000007
-EV_EFI_PLATFORM_FIRMWARE_BLOB = 0x80000008
-EV_EFI_HANDOFF_TABLES = 0x80000009
-EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
-EV_EFI_HANDOFF_TABLES2 = 0x8000000B
-EV_EFI_VARIABLE_BOOT2 = 0x8000000C
-EV_EFI_GPT_EVENT2 = 0x8000000D
-EV_EFI_HCRTM_EVENT = 0x80000010
-EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
-EV_EFI_SPDM_FIRMWARE_BLOB = 0x800000E1
-EV_EFI_SPDM_FIRMWARE_CONFIG = 0x800000E2
-EV_EFI_SPDM_DEVICE_POLICY = 0x800000E3
-EV_EFI_SPDM_DEVICE_AUTHORITY = 0x800000E4
-
-EVENT_TYPE_NAMES: dict[int, str] = {
-    value: name for name, value in globals().items()
-    if name.startswith("EV_") and isinstance(value, int)
-}
-
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
-# MR index of the CC measurement protocol: 0 = MRTD (never extended by software), 1..4 = RTMR0..3.
-RTMR_COUNT = 4
 SHA384_SIZE = 48
 
 
@@ -166,7 +101,7 @@ class Algorithm:
 
     @property
     def name(self) -> str:
-        return ALGORITHM_NAMES.get(self.alg_id, f"alg_0x{self.alg_id:04x}")
+        return algorithm_name(self.alg_id)
 
 
 @dataclass(frozen=True)
@@ -214,7 +149,7 @@ class Event:
             "number": self.number, "offset": self.offset, "mr_index": self.mr_index,
             "register": f"rtmr{self.rtmr}" if self.rtmr is not None else None,
             "event_type": self.event_type, "event_type_name": self.type_name,
-            "digests": {ALGORITHM_NAMES.get(a, f"alg_0x{a:04x}"): d.hex() for a, d in self.digests},
+            "digests": {algorithm_name(a): d.hex() for a, d in self.digests},
             "description": self.describe(),
             "data": self.data.hex(),
         }
@@ -251,10 +186,6 @@ class EventLog:
         }
 
 
-def event_type_name(event_type: int) -> str:
-    return EVENT_TYPE_NAMES.get(event_type, f"0x{event_type:08x}")
-
-
 # --- Parsers ----------------------------------------------------------------------------------
 
 def parse_ccel_table(data: bytes) -> CcelTable:
@@ -283,7 +214,7 @@ def _parse_spec_id(data: bytes) -> tuple[SpecIdEvent, int]:
     off = 0
     mr_index = u32(data, off, "spec ID event MR index")
     event_type = u32(data, off + 4, "spec ID event type")
-    if event_type != EV_NO_ACTION:
+    if event_type != EventType.EV_NO_ACTION:
         raise FormatError(f"first event has type {event_type_name(event_type)}, expected "
                           "EV_NO_ACTION with the spec ID event", off + 4)
     take(data, off + 8, 20, "spec ID event SHA-1 digest")
@@ -394,7 +325,7 @@ def replay(log: EventLog) -> tuple[bytes, bytes, bytes, bytes]:
     """Replay the log into RTMR0..3 (SHA-384 digests; EV_NO_ACTION events are skipped)."""
     rtmrs = [bytes(SHA384_SIZE)] * RTMR_COUNT
     for ev in log.events:
-        if ev.event_type == EV_NO_ACTION:
+        if ev.event_type == EventType.EV_NO_ACTION:
             continue
         if ev.rtmr is None:
             raise FormatError(f"event {ev.number} ({ev.type_name}) has MR index {ev.mr_index}, "
@@ -408,25 +339,6 @@ def replay(log: EventLog) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 # --- Event data decoding (for display; never raises) ------------------------------------------
-
-@dataclass(frozen=True)
-class UefiVariableData:
-    """UEFI_VARIABLE_DATA: GUID | u64 name length (chars) | u64 data length | UTF-16 name | data."""
-    vendor_guid: uuid.UUID
-    name: str
-    data: bytes
-
-
-def parse_uefi_variable(data: bytes) -> UefiVariableData:
-    guid = uuid.UUID(bytes_le=take(data, 0, 16, "variable GUID"))
-    nlen = u64(data, 16, "variable name length")
-    dlen = u64(data, 24, "variable data length")
-    if nlen > len(data) or dlen > len(data):
-        raise FormatError("variable name or data length exceeds the event data", 16)
-    name = take(data, 32, 2 * nlen, "variable name").decode("utf-16-le", errors="replace")
-    value = take(data, 32 + 2 * nlen, dlen, "variable data")
-    return UefiVariableData(guid, name, value)
-
 
 def _printable(b: bytes) -> str:
     """ASCII text (NUL-terminated or not) as a one-line string, anything else as hex."""
@@ -450,35 +362,41 @@ def _utf16(b: bytes) -> str | None:
     return text if text and all(c.isprintable() for c in text) else None
 
 
+# Events whose data is (usually) ASCII text.
+_TEXT_EVENTS = frozenset({EventType.EV_EFI_ACTION, EventType.EV_ACTION, EventType.EV_IPL,
+                          EventType.EV_EVENT_TAG, EventType.EV_S_CRTM_VERSION, EventType.EV_POST_CODE,
+                          EventType.EV_NO_ACTION, EventType.EV_PLATFORM_CONFIG_FLAGS})
+
+
 def describe_event_data(event_type: int, data: bytes) -> str:
     """A short human-readable summary of an event's data (hex when it cannot be decoded)."""
     try:
-        if event_type in (EV_EFI_VARIABLE_DRIVER_CONFIG, EV_EFI_VARIABLE_BOOT,
-                          EV_EFI_VARIABLE_BOOT2, EV_EFI_VARIABLE_AUTHORITY):
-            v = parse_uefi_variable(data)
+        if event_type in VARIABLE_EVENTS:
+            v = parse_uefi_variable_data(data, exact=False)
             return f"{v.name} ({v.vendor_guid}), {len(v.data)} bytes"
-        if event_type in (EV_EFI_PLATFORM_FIRMWARE_BLOB2, EV_EFI_HANDOFF_TABLES2):
+        if event_type in (EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+                          EventType.EV_EFI_HANDOFF_TABLES2):
             n = u8(data, 0, "description size")
             desc = _printable(take(data, 1, n, "description"))
-            if event_type == EV_EFI_PLATFORM_FIRMWARE_BLOB2:
+            if event_type == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2:
                 base = u64(data, 1 + n, "blob base")
                 length = u64(data, 9 + n, "blob length")
                 return f"{desc} @0x{base:x}, {length} bytes"
             count = u64(data, 1 + n, "table count")
             return f"{desc}, {count} table(s)"
-        if event_type == EV_EFI_PLATFORM_FIRMWARE_BLOB:
+        if event_type == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB:
             return f"blob @0x{u64(data, 0, 'base'):x}, {u64(data, 8, 'length')} bytes"
-        if event_type in (EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_BOOT_SERVICES_DRIVER,
-                          EV_EFI_RUNTIME_SERVICES_DRIVER):
+        if event_type in (EventType.EV_EFI_BOOT_SERVICES_APPLICATION,
+                          EventType.EV_EFI_BOOT_SERVICES_DRIVER,
+                          EventType.EV_EFI_RUNTIME_SERVICES_DRIVER):
             loc = u64(data, 0, "image location")
             length = u64(data, 8, "image length")
             return f"image @0x{loc:x}, {length} bytes"
-        if event_type == EV_SEPARATOR:
+        if event_type == EventType.EV_SEPARATOR:
             return f"separator {data.hex()}"
-        if event_type == EV_NO_ACTION and data.startswith(SPEC_ID_SIGNATURE[:-1]):
+        if event_type == EventType.EV_NO_ACTION and data.startswith(SPEC_ID_SIGNATURE[:-1]):
             return _printable(data[:16])
-        if event_type in (EV_EFI_ACTION, EV_ACTION, EV_IPL, EV_EVENT_TAG, EV_S_CRTM_VERSION,
-                          EV_POST_CODE, EV_NO_ACTION, EV_PLATFORM_CONFIG_FLAGS):
+        if event_type in _TEXT_EVENTS:
             text = _utf16(data) if b"\0" in data.rstrip(b"\0") else None
             return text if text is not None else _printable(data)
     except FormatError:
@@ -509,7 +427,7 @@ def format_log(log: EventLog) -> str:
         lines.append(f"  #{ev.number:<3} @0x{ev.offset:05x} {reg:<6} {ev.type_name}")
         lines.append(f"       {ev.describe()}")
         for alg, d in ev.digests:
-            lines.append(f"       {ALGORITHM_NAMES.get(alg, hex(alg))}: {d.hex()}")
+            lines.append(f"       {algorithm_name(alg)}: {d.hex()}")
     try:
         regs = replay(log)
     except FormatError as e:

@@ -26,7 +26,7 @@ from builder.errors import CCBuildError
 from builder.formats.pe import authenticode_digest
 from builder.formats.tdvf import SectionType, TdvfMetadata, parse_tdvf_metadata
 from builder.formats.varstore import parse_varstore
-from builder.measure import rtmr as rtmr_mod
+from builder.formats import tcg as rtmr_mod
 from builder.measure.linux_setup import QEMU_ACPI_DATA_SIZE, qemu_patch_setup_header
 from builder.measure.tdx_events import (
     CALLING_EFI_APPLICATION, EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE,

@@ -10,27 +10,13 @@ the ASCII string without NUL.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import struct
 import uuid
 from dataclasses import dataclass
 
-
-class EventType(enum.IntEnum):
-    """TCG PFP event types (table 9) used by TDVF and Linux."""
-
-    EV_SEPARATOR = 0x4
-    EV_EVENT_TAG = 0x6
-    EV_PLATFORM_CONFIG_FLAGS = 0xA
-    EV_IPL = 0xD
-    EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
-    EV_EFI_VARIABLE_BOOT = 0x80000002
-    EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
-    EV_EFI_ACTION = 0x80000007
-    EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
-    EV_EFI_HANDOFF_TABLES2 = 0x8000000B
-    EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+from builder.formats.tcg import EventType, uefi_variable_data
+from builder.formats.tcg import parse_uefi_variable_data  # noqa: F401  (builder.verify reads it here)
 
 
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
@@ -46,13 +32,6 @@ SEPARATOR_DATA = b"\x00\x00\x00\x00"
 
 def sha384(data: bytes) -> bytes:
     return hashlib.sha384(data).digest()
-
-
-def uefi_variable_data(vendor: uuid.UUID, name: str, data: bytes | None) -> bytes:
-    """Encode a UEFI_VARIABLE_DATA structure (TCG PFP 10.2.3)."""
-    data = data or b""
-    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
-            + name.encode("utf-16-le") + data)
 
 
 def separator_digest() -> bytes:
@@ -75,18 +54,6 @@ def variable_boot_digest(data: bytes) -> bytes:
 
 def variable_authority_digest(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
     return sha384(uefi_variable_data(vendor, name, data))
-
-
-def parse_uefi_variable_data(event_data: bytes) -> tuple[uuid.UUID, str, bytes]:
-    """Split UEFI_VARIABLE_DATA into (vendor GUID, name, data). ValueError when malformed."""
-    if len(event_data) < 32:
-        raise ValueError("UEFI_VARIABLE_DATA shorter than its 32-byte header")
-    vendor = uuid.UUID(bytes_le=event_data[:16])
-    nlen, dlen = struct.unpack_from("<QQ", event_data, 16)
-    if 32 + 2 * nlen + dlen != len(event_data):
-        raise ValueError("UEFI_VARIABLE_DATA lengths do not match the event size")
-    name = event_data[32:32 + 2 * nlen].decode("utf-16-le")
-    return vendor, name, event_data[32 + 2 * nlen:]
 
 
 # --- load options -----------------------------------------------------------------------------
