@@ -16,9 +16,9 @@ with "KVM internal error"); TCG otherwise. Every QEMU run has a timeout.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import CCBuildError
+from builder.inputs import decode_utf8, file_type_name, open_regular, read_regular
 
 QEMU = "qemu-system-x86_64"
 BOOT_FILES = ("vmlinuz", "cmdline.txt", "firmware.fd")
@@ -77,47 +78,59 @@ class BootResult:
 
 # -- OUT -----------------------------------------------------------------------------------------
 def load_out(out: Path) -> OutDir:
-    """Read OUT's manifest and check the files to boot against it (exit 2 when OUT is bad)."""
+    """Read OUT's manifest (strict JSON, schema-checked: builder.outschema) and check the files to
+    boot against it: regular files (not symlinks, FIFOs, devices) whose streamed SHA-256 is the
+    manifest's (exit 2 when OUT is bad)."""
+    from builder.outschema import load_manifest
     out = Path(out)
     where = str(out)
     if not out.is_dir():
         raise CCBuildError("not a directory", where, "give a 'ccbuild build' output directory")
-    try:
-        manifest = json.loads((out / "manifest.json").read_bytes())
-    except FileNotFoundError:
-        raise CCBuildError("no manifest.json (not a ccbuild output)", where) from None
-    except (OSError, ValueError) as e:
-        raise CCBuildError(f"manifest.json is unreadable ({e})", where) from None
-    try:
-        platform = manifest["recipe"]["platform"]
-        boot = manifest["boot"]
-        readiness, memory = boot["readiness"], int(boot["memory_mib"])
-        outputs = {o["path"]: o["sha256"] for o in manifest["outputs"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise CCBuildError(f"manifest.json lacks {e} (built by an older ccbuild?)", where,
-                           "rebuild OUT") from None
+    mpath = out / "manifest.json"
+    if not mpath.exists() and not mpath.is_symlink():
+        raise CCBuildError("no manifest.json (not a ccbuild output)", where)
+    if mpath.is_symlink():
+        raise CCBuildError("manifest.json is a symlink, not a regular file", str(mpath))
+    manifest = load_manifest(mpath, str(mpath))
+    platform = manifest.recipe.platform
+    readiness, memory = manifest.boot.readiness, manifest.boot.memory_mib
+    if readiness is None or memory is None:
+        missing = "boot.readiness" if readiness is None else "boot.memory_mib"
+        raise CCBuildError(f"manifest.json lacks {missing} (built by an older ccbuild?)", where,
+                           "rebuild OUT")
+    outputs = {o.path: o.sha256 for o in manifest.outputs}
     try:
         re.compile(readiness)
-    except re.error as e:
+    except (re.error, RecursionError, OverflowError) as e:
         raise CCBuildError(f"bad readiness regex in manifest.json ({e})", where) from None
     image = next((n for n in IMAGES if n in outputs), IMAGES[0])
     for name in BOOT_FILES + (image,):
         p = out / name
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise CCBuildError(f"{name} is missing", where, "rebuild OUT")
+        st = p.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            raise CCBuildError(f"{name} is {file_type_name(st.st_mode)}, not a regular file",
+                               where, "OUT has been tampered with; rebuild OUT")
         if outputs.get(name) != _sha256(p):
             raise CCBuildError(f"{name} does not match manifest.json (changed after the build)",
                                where, "rebuild OUT")
-    return OutDir(out, manifest["recipe"].get("name") or out.name, platform, readiness, memory,
-                  (manifest.get("chain") or {}).get("agent"), image)
+    return OutDir(out, manifest.recipe.name or out.name, platform, readiness, memory,
+                  manifest.chain.agent, image)
 
 
 def _sha256(p: Path) -> str:
     h = hashlib.sha256()
-    with open(p, "rb") as f:
+    with open_regular(p, "artifact", str(p)) as (f, _):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_cmdline(o: OutDir) -> str:
+    """cmdline.txt of OUT (regular, at most 1 MiB, UTF-8)."""
+    p = o.path / "cmdline.txt"
+    return decode_utf8(read_regular(p, "cmdline", str(p), limit=1 << 20), "cmdline", str(p))
 
 
 # -- firmware and accelerator --------------------------------------------------------------------
@@ -147,7 +160,7 @@ def kvm_usable() -> bool:
 
 def qemu_argv(o: OutDir, accel: str, bios: list[str], serial_log: Path,
               qemu: str = QEMU) -> list[str]:
-    cmdline = (o.path / "cmdline.txt").read_bytes().decode()
+    cmdline = read_cmdline(o)
     return [qemu, "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
             "-smp", "1", "-m", str(o.memory_mib), "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot", "-monitor", "none",

@@ -20,21 +20,27 @@ Measurement code is the engines'; this module only reads OUT and compares.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import re
 import shutil
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder.errors import CCBuildError, CheckFailed
+from builder.inputs import file_type_name, open_regular, read_regular
 
 OK, FAIL, SKIP, INFO = "ok", "FAIL", "skip", "info"
 # Files OUT may hold beyond manifest.json's outputs: the manifest itself, its sums, its signature.
 META_FILES = ("manifest.json", "SHA256SUMS")
 SIGNATURE_FILE = "manifest.json.sig"   # builder.emit.signature.SIGNATURE_NAME
 ARTIFACTS = ("firmware.fd", "vmlinuz", "initrd.img", "cmdline.txt")
+MAX_OUT_ENTRIES = 10_000
 
 
 @dataclass
@@ -96,41 +102,153 @@ def _h(b: bytes) -> str:
 # --- OUT --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Entry:
+    """One entry of OUT as ``lstat`` sees it (symlinks are not followed)."""
+    name: str
+    kind: str                      # "file" or file_type_name(): "a symlink", "a FIFO", ...
+    size: int
+    sha256: str | None = None      # regular files listed in manifest.json or SHA256SUMS
+
+
+@dataclass(frozen=True)
 class OutDir:
     path: Path
-    files: dict[str, bytes]
-    manifest: dict | None          # None when manifest.json is missing or not JSON
-    measurements: dict | None
+    entries: dict[str, Entry]      # every entry of OUT
+    manifest: dict | None          # schema-checked (builder.outschema), None when missing
+    measurements: dict | None      # schema-checked, None when missing or not a regular file
+    manifest_raw: bytes | None = None
+
+    @property
+    def files(self) -> dict[str, Entry]:
+        """The regular files of OUT."""
+        return {n: e for n, e in self.entries.items() if e.kind == "file"}
+
+    def read(self, name: str, kind: str = "artifact", limit: int | None = None) -> bytes | None:
+        """The bytes of a regular file of OUT (capped), None when it is absent or not regular."""
+        if name not in self.files:
+            return None
+        return _read_sized(self.path / name, kind, f"{self.path / name}", limit)
 
     def artifact(self, name: str) -> bytes | None:
-        return self.files.get(name)
+        return self.read(name, _ARTIFACT_KINDS.get(name, "artifact"),
+                         _ARTIFACT_LIMITS.get(name))
 
 
-def _json_or_none(data: bytes | None) -> dict | None:
-    if data is None:
-        return None
+# What each artifact is read as when its bytes are needed (the caps of builder.inputs).
+_ARTIFACT_KINDS = {"firmware.fd": "firmware", "vmlinuz": "kernel", "initrd.img": "initrd",
+                   "cmdline.txt": "cmdline", SIGNATURE_FILE: "signature"}
+_ARTIFACT_LIMITS = {"cmdline.txt": 1 << 20}
+
+
+def _read_sized(path: Path, kind: str, where: str, limit: int | None = None) -> bytes:
+    """:func:`builder.inputs.read_regular`, but asking the OS for the file's size (+1) rather than
+    for the whole cap: a 2 GiB read buffer is allocated up front otherwise."""
+    with open_regular(path, kind, where, limit) as (f, size):
+        try:
+            data = f.read(size + 1)
+        except OSError as e:
+            raise CCBuildError(f"cannot read {kind} ({e.strerror or e})", where) from None
+    if len(data) > size:
+        raise CCBuildError(f"{kind} changed while it was read", where)
+    return data
+
+
+def _plain(obj):
+    """A schema instance as the JSON it came from: optional fields that were absent (None with a
+    None default) are left out, so ``.get`` and ``in`` behave as on the parsed document."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if v is None and f.default is None:
+                continue
+            out[f.name] = _plain(v)
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _sha256_stream(path: Path, where: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open_regular(path, "artifact", where) as (f, _):
+        try:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                n += len(chunk)
+        except OSError as e:
+            raise CCBuildError(f"cannot read artifact ({e.strerror or e})", where) from None
+    return h.hexdigest(), n
+
+
+def _scan(p: Path) -> dict[str, Entry]:
+    entries = {}
     try:
-        v = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return v if isinstance(v, dict) else None
+        with os.scandir(p) as it:
+            for d in it:
+                st = d.stat(follow_symlinks=False)
+                kind = "file" if stat.S_ISREG(st.st_mode) else file_type_name(st.st_mode)
+                entries[d.name] = Entry(d.name, kind, st.st_size)
+                if len(entries) > MAX_OUT_ENTRIES:
+                    raise CCBuildError(f"more than {MAX_OUT_ENTRIES} entries", str(p),
+                                       "not a ccbuild output")
+    except OSError as e:
+        raise CCBuildError(f"cannot list the output directory ({e.strerror})", str(p)) from None
+    return dict(sorted(entries.items()))
+
+
+def _document(p: Path, entries: dict[str, Entry], name: str, kind: str, cls):
+    """A schema-checked OUT document; None when absent. Not a regular file: an error for the
+    manifest (nothing can be checked without it), None (a failed check) for measurements."""
+    from builder.outschema import load_document
+    e = entries.get(name)
+    if e is None:
+        return None, None
+    if e.kind != "file":
+        if name == "manifest.json":
+            raise CCBuildError(f"{name} is {e.kind}, not a regular file", str(p / name),
+                               "OUT has been tampered with")
+        return None, None
+    raw = read_regular(p / name, kind, str(p / name))
+    doc = load_document(p / name, cls, kind, str(p / name))
+    return _plain(doc), raw
 
 
 def load_out(path: str | Path) -> OutDir:
+    """OUT as an auditor may trust it: every entry seen with ``lstat``, manifest.json and
+    measurements.json read under their caps as strict JSON and schema-checked
+    (builder.outschema), the regular files manifest.json or SHA256SUMS list hashed by streaming."""
+    from builder.outschema import Manifest, Measurements
     p = Path(path)
     if not p.is_dir():
         raise CCBuildError("output directory not found", str(p), "give the OUT of `ccbuild build`")
-    if not (p / "manifest.json").is_file() and not (p / "SHA256SUMS").is_file():
+    entries = _scan(p)
+    if "manifest.json" not in entries and "SHA256SUMS" not in entries:
         raise CCBuildError("not a ccbuild output (no manifest.json, no SHA256SUMS)", str(p))
-    files = {}
-    for f in sorted(p.iterdir()):
-        if f.is_file():
-            try:
-                files[f.name] = f.read_bytes()
-            except OSError as e:
-                raise CCBuildError(f"cannot read {f.name} ({e.strerror})", str(p)) from None
-    return OutDir(p, files, _json_or_none(files.get("manifest.json")),
-                  _json_or_none(files.get("measurements.json")))
+    manifest, manifest_raw = _document(p, entries, "manifest.json", "manifest", Manifest)
+    measurements, _ = _document(p, entries, "measurements.json", "measurements", Measurements)
+    sums = _read_sums(p, entries) or {}
+    wanted = {o["path"] for o in (manifest or {}).get("outputs", [])} | set(sums) \
+        | {"manifest.json", SIGNATURE_FILE}
+    for name in wanted:
+        e = entries.get(name)
+        if e is not None and e.kind == "file":
+            digest, size = _sha256_stream(p / name, str(p / name))
+            entries[name] = replace(e, sha256=digest, size=size)
+    return OutDir(p, entries, manifest, measurements, manifest_raw)
+
+
+def _read_sums(p: Path, entries: dict[str, Entry]) -> dict[str, str] | None:
+    e = entries.get("SHA256SUMS")
+    if e is None or e.kind != "file":
+        return None
+    return _parse_sums(read_regular(p / "SHA256SUMS", "manifest", str(p / "SHA256SUMS")))
+
+
+_SUMS_LINE = re.compile(r"([0-9a-f]{64})  ([^\x00/]{1,255})")
 
 
 def _parse_sums(text: bytes) -> dict[str, str] | None:
@@ -140,57 +258,76 @@ def _parse_sums(text: bytes) -> dict[str, str] | None:
     except UnicodeDecodeError:
         return None
     for line in lines:
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
+        m = _SUMS_LINE.fullmatch(line)
+        if not m or m[2] in out:
             return None
-        out[name] = digest
+        out[m[2]] = m[1]
     return out
 
 
 def check_hashes(out: OutDir) -> list[Check]:
-    """Every output against manifest.json and SHA256SUMS, and nothing unlisted in OUT."""
+    """Every output against manifest.json and SHA256SUMS; every entry of OUT that is not a listed
+    regular file (an added file, a subdirectory, a FIFO, a symlink, a device) is a failure."""
     rows: list[Check] = []
-    actual = {n: _h(b) for n, b in out.files.items()}
+    files = out.files
     listed: dict[str, dict] = {}
     if out.manifest is None:
-        rows.append(Check("manifest.json", FAIL, "missing or not valid JSON"))
+        rows.append(Check("manifest.json", FAIL, "missing"))
     else:
-        for rec in out.manifest.get("outputs", []):
+        for rec in out.manifest["outputs"]:
             listed[rec["path"]] = rec
     for name, rec in sorted(listed.items()):
         item = f"sha256 {name}"
-        if name not in out.files:
+        e = out.entries.get(name)
+        if e is None:
             rows.append(Check(item, FAIL, "listed in manifest.json, missing from OUT"))
-        elif actual[name] != rec["sha256"] or len(out.files[name]) != rec["size"]:
+        elif e.kind != "file":
+            rows.append(Check(item, FAIL, f"listed in manifest.json as a file, but it is "
+                              f"{e.kind} (not a regular file)"))
+        elif e.sha256 != rec["sha256"] or e.size != rec["size"]:
             rows.append(Check(item, FAIL, f"differs from manifest.json (size {rec['size']} -> "
-                              f"{len(out.files[name])})", rec["sha256"], actual[name]))
+                              f"{e.size})", rec["sha256"], e.sha256))
         else:
             rows.append(Check(item, OK, f"{rec['size']} bytes, matches manifest.json"))
-    sums_raw = out.files.get("SHA256SUMS")
-    sums = _parse_sums(sums_raw) if sums_raw is not None else None
+    sums_entry = out.entries.get("SHA256SUMS")
+    sums = None
+    if sums_entry is not None and sums_entry.kind == "file":
+        sums = _parse_sums(read_regular(out.path / "SHA256SUMS", "manifest",
+                                        str(out.path / "SHA256SUMS")))
     if sums is None:
-        rows.append(Check("SHA256SUMS", FAIL, "missing or not in `sha256sum` format"))
-        sums = {}
-    for name, digest in sorted(sums.items()):
+        what = (f"is {sums_entry.kind}, not a regular file" if sums_entry is not None and
+                sums_entry.kind != "file" else "missing or not in `sha256sum` format")
+        rows.append(Check("SHA256SUMS", FAIL, what))
+    for name, digest in sorted((sums or {}).items()):
         item = f"SHA256SUMS {name}"
-        if name not in out.files:
+        e = out.entries.get(name)
+        if e is None:
             rows.append(Check(item, FAIL, "listed in SHA256SUMS, missing from OUT"))
-        elif digest != actual[name]:
-            rows.append(Check(item, FAIL, "differs from SHA256SUMS", digest, actual[name]))
+        elif e.kind != "file":
+            rows.append(Check(item, FAIL, f"listed in SHA256SUMS, but it is {e.kind}"))
+        elif digest != e.sha256:
+            rows.append(Check(item, FAIL, "differs from SHA256SUMS", digest, e.sha256))
         elif name in listed and listed[name]["sha256"] != digest:
             rows.append(Check(item, FAIL, "SHA256SUMS and manifest.json disagree",
                               listed[name]["sha256"], digest))
         else:
             rows.append(Check(item, OK, "matches"))
-    for name in sorted(set(out.files) - set(listed) - set(sums) - set(META_FILES)
-                       - {SIGNATURE_FILE}):
-        rows.append(Check(f"sha256 {name}", FAIL, "in OUT but listed in neither manifest.json "
-                          "nor SHA256SUMS (an added file)", None, actual[name]))
-    for name in sorted(set(listed) - set(sums)):
-        if name in out.files and sums_raw is not None:
+    known = set(listed) | set(META_FILES) | {SIGNATURE_FILE}
+    if out.manifest is None:
+        known |= set(sums or {})
+    for name, e in out.entries.items():
+        if name in listed:
+            continue
+        if name in known and e.kind == "file":
+            continue
+        what = "an added file" if e.kind == "file" else e.kind
+        rows.append(Check(f"entry {name}", FAIL, f"in OUT but not listed in manifest.json "
+                          f"({what})", None, e.sha256))
+    for name in sorted(set(listed) - set(sums or {})):
+        if name in files and sums is not None:
             rows.append(Check(f"SHA256SUMS {name}", FAIL, "listed in manifest.json, not in "
                               "SHA256SUMS"))
-    if "manifest.json" in out.files and "manifest.json" not in sums and sums_raw is not None:
+    if "manifest.json" in files and sums is not None and "manifest.json" not in sums:
         rows.append(Check("SHA256SUMS manifest.json", FAIL, "manifest.json is not in SHA256SUMS"))
     return rows
 
@@ -198,14 +335,20 @@ def check_hashes(out: OutDir) -> list[Check]:
 # --- recomputing measurements from OUT ----------------------------------------------------------
 
 def _artifacts(out: OutDir) -> tuple[bytes, bytes, bytes | None, str]:
-    missing = [n for n in ("firmware.fd", "vmlinuz", "cmdline.txt") if n not in out.files]
+    need = ("firmware.fd", "vmlinuz", "cmdline.txt")
+    missing = [n for n in need if n not in out.entries]
     if missing:
         raise CheckFailed(f"cannot recompute measurements: {', '.join(missing)} missing from OUT")
+    odd = [f"{n} is {out.entries[n].kind}" for n in need + ("initrd.img",)
+           if n in out.entries and out.entries[n].kind != "file"]
+    if odd:
+        raise CheckFailed(f"cannot recompute measurements: {', '.join(odd)}, not a regular file")
     try:
-        cmdline = out.files["cmdline.txt"].decode()
+        cmdline = out.artifact("cmdline.txt").decode()
     except UnicodeDecodeError:
         raise CheckFailed("cmdline.txt is not UTF-8") from None
-    return out.files["firmware.fd"], out.files["vmlinuz"], out.files.get("initrd.img"), cmdline
+    return out.artifact("firmware.fd"), out.artifact("vmlinuz"), out.artifact("initrd.img"), \
+        cmdline
 
 
 def recompute_snp(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str,
@@ -469,6 +612,16 @@ def _json_diff(a, b, path: str = "") -> str | None:
     return None if a == b else f"{path or '(top)'}: {json.dumps(a)[:100]} vs {json.dumps(b)[:100]}"
 
 
+def _json_or_none(data: bytes | None):
+    from builder.outschema import parse_json
+    if data is None:
+        return None
+    try:
+        return parse_json(data, "OUT")
+    except CCBuildError:
+        return None
+
+
 def explain_difference(name: str, given: bytes, rebuilt: bytes) -> str:
     if name == "initrd.img":
         return diff_initrd(rebuilt, given)
@@ -485,19 +638,32 @@ def explain_difference(name: str, given: bytes, rebuilt: bytes) -> str:
     return f"first differing byte at offset 0x{first:x} (sizes {len(given)} vs {len(rebuilt)})"
 
 
-def compare_files(given: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[Check]:
+def compare_files(out: OutDir, rebuilt: dict[str, bytes]) -> list[Check]:
+    """Every file of OUT against the rebuild, by SHA-256 (OUT is streamed); a difference reads
+    OUT's file (under the artifact caps) to name the first difference."""
     rows = []
+    given = out.entries
     for name in sorted((set(given) | set(rebuilt)) - {SIGNATURE_FILE}):
         item = f"rebuild {name}"
-        if name not in given:
+        e = given.get(name)
+        if e is None:
             rows.append(Check(item, FAIL, "produced by the rebuild, missing from OUT"))
         elif name not in rebuilt:
             rows.append(Check(item, FAIL, "in OUT, not produced by the rebuild"))
-        elif given[name] == rebuilt[name]:
-            rows.append(Check(item, OK, f"identical ({len(given[name])} bytes)"))
+        elif e.kind != "file":
+            rows.append(Check(item, FAIL, f"in OUT it is {e.kind}, not a regular file"))
         else:
-            rows.append(Check(item, FAIL, explain_difference(name, given[name], rebuilt[name]),
-                              _h(rebuilt[name]), _h(given[name])))
+            want = _h(rebuilt[name])
+            digest = e.sha256 or _sha256_stream(out.path / name, str(out.path / name))[0]
+            if digest == want:
+                rows.append(Check(item, OK, f"identical ({e.size} bytes)"))
+                continue
+            try:
+                data = out.read(name, "initrd")       # 2 GiB: enough to explain, bounded
+                why = explain_difference(name, data, rebuilt[name])
+            except CCBuildError as err:
+                why = f"differs ({err.what})"
+            rows.append(Check(item, FAIL, why, want, digest))
     return rows
 
 
@@ -518,7 +684,7 @@ def rebuild_and_compare(recipe: str | Path, out_path: str | Path, share_cache: b
                                          offline=offline, store_root=store, jobs=jobs))
         v.add(Check("rebuild", INFO, "with the shared cache" if share_cache
                     else "with a fresh, empty cache (every input fetched and built again)"))
-        v.add(*compare_files(out.files, res.files))
+        v.add(*compare_files(out, res.files))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return v
@@ -551,7 +717,8 @@ def _expected_id_key_digest(m: dict, entry: dict | None) -> tuple[bytes, str] | 
 
 
 def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | None = None,
-                     chain: bytes | None = None) -> Verdict:
+                     chain: bytes | None = None, vcek_what: str | None = None,
+                     chain_what: str = "certificate chain") -> Verdict:
     from builder.formats.snp_report import parse_report
     from builder.measure.policy import GuestPolicy
     from builder.verify_snp import verify_snp_report
@@ -563,7 +730,8 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
                     "only its fields are compared"))
     else:
         try:
-            vr = verify_snp_report(report_bytes, vcek, chain)
+            vr = verify_snp_report(report_bytes, vcek, chain, vcek_what=vcek_what,
+                                   chain_what=chain_what)
             v.add(Check("signature", OK, f"{vr.signer} signature verifies; chain {vr.ark_subject}"
                         f" -> {vr.ask_subject} -> {vr.vcek_subject} ({vr.chain_source}, "
                         f"{vr.product})"))
@@ -657,7 +825,7 @@ def log_events(log) -> list[dict]:
     from builder.formats import ccel
     out = []
     for ev in log.events:
-        if ev.event_type == ccel.EV_NO_ACTION or ev.rtmr is None:
+        if ev.event_type == ccel.EventType.EV_NO_ACTION or ev.rtmr is None:
             continue
         d = ev.digest(ccel.TPM_ALG_SHA384)
         out.append({"register": f"rtmr{ev.rtmr}", "event_type": ev.type_name,
@@ -745,16 +913,20 @@ def check_tdx_quote(out_path: str | Path, quote_bytes: bytes,
 
 # --- manifest signature -----------------------------------------------------------------------
 
-def check_signature(out_path: str | Path, pubkey_pem: bytes) -> Verdict:
+def check_signature(out_path: str | Path, pubkey_pem: bytes,
+                    pubkey_where: str = "--pubkey") -> Verdict:
     from builder.emit.signature import verify_manifest
     out = load_out(out_path)
     v = Verdict(f"verify {out.path.name}: manifest signature")
-    sig = out.files.get(SIGNATURE_FILE)
-    if sig is None:
+    e = out.entries.get(SIGNATURE_FILE)
+    if e is None:
         v.add(Check("signature", FAIL, f"{SIGNATURE_FILE} is missing (build with --sign-key)"))
-    elif "manifest.json" not in out.files:
+    elif e.kind != "file":
+        v.add(Check("signature", FAIL, f"{SIGNATURE_FILE} is {e.kind}, not a regular file"))
+    elif out.manifest_raw is None:
         v.add(Check("signature", FAIL, "manifest.json is missing"))
     else:
-        ok, what = verify_manifest(out.files["manifest.json"], sig, pubkey_pem)
+        ok, what = verify_manifest(out.manifest_raw, out.artifact(SIGNATURE_FILE), pubkey_pem,
+                                   pubkey_where)
         v.add(Check("signature", OK if ok else FAIL, what))
     return v

@@ -22,16 +22,16 @@ link; an unreadable file is a :class:`CCBuildError` (exit 2).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from importlib import resources
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
 
+from builder import keys
 from builder.errors import CCBuildError, CheckFailed
 from builder.formats import snp_report
 from builder.formats.snp_report import SnpReport
@@ -65,38 +65,17 @@ class VerifiedReport:
 # --- loading ----------------------------------------------------------------------------------
 
 def load_certificate(data: bytes, what: str) -> x509.Certificate:
-    """One certificate, PEM or DER."""
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                certs = x509.load_pem_x509_certificates(data)
-            if len(certs) != 1:
-                raise CCBuildError(f"{what} holds {len(certs)} certificates, expected one")
-            return certs[0]
-        with warnings.catch_warnings():
-            # AMD KDS VCEKs carry serial numbers cryptography calls non-positive
-            warnings.simplefilter("ignore")
-            return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CCBuildError(f"{what} is not a readable X.509 certificate ({_short(e)})",
-                           hint="give the VCEK as DER or PEM as AMD's KDS serves it") from None
+    """One certificate, PEM or DER (:func:`builder.keys.load_certificate`)."""
+    return keys.load_certificate(data, what)
 
 
 def load_chain(data: bytes, what: str = "certificate chain") -> tuple[x509.Certificate, x509.Certificate]:
     """(ASK, ARK) from a PEM bundle holding both (either order; the ARK is the self-issued one)."""
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CCBuildError(f"{what} is not a PEM bundle of certificates ({_short(e)})",
-                           hint="give the ASK and ARK as one PEM file, as AMD's KDS cert_chain") from None
-    if len(certs) != 2:
-        raise CCBuildError(f"{what} holds {len(certs)} certificates, expected 2 (ASK and ARK)")
-    a, b = certs
+    a, b = keys.load_pem_certificates(data, what, count=2)
     if a.subject == a.issuer and b.subject != b.issuer:
         a, b = b, a
     if b.subject != b.issuer:
-        raise CCBuildError(f"{what} has no self-issued root (ARK) certificate")
+        raise CCBuildError(f"{what}: has no self-issued root (ARK) certificate")
     return a, b
 
 
@@ -108,10 +87,6 @@ def builtin_chain(product: str) -> tuple[x509.Certificate, x509.Certificate]:
     ask = x509.load_pem_x509_certificate((base / "ask.pem").read_bytes())
     ark = x509.load_pem_x509_certificate((base / "ark.pem").read_bytes())
     return ask, ark
-
-
-def _short(e: Exception) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -177,12 +152,13 @@ def _check_rsa_pss(subject: x509.Certificate, issuer: x509.Certificate, link: st
                           "its signed part names")
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
-        raise CheckFailed(f"{link}: {_cn(issuer)} does not hold an RSA key")
+        raise CheckFailed(f"{link}: {_cn(issuer)} holds an {keys.key_type_name(key)}, not the "
+                          "RSA key AMD's chain uses")
     try:
         key.verify(subject.signature, subject.tbs_certificate_bytes,
                    padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT),
                    hashes.SHA384())
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise CheckFailed(f"{link}: the signature on {_cn(subject)} does not verify with the key "
                           f"of {_cn(issuer)}") from None
 
@@ -230,17 +206,19 @@ def _check_binding(vcek: x509.Certificate, report: SnpReport, signer: str) -> No
 def _check_report_signature(report: SnpReport, vcek: x509.Certificate, signer: str) -> None:
     key = vcek.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise CheckFailed(f"{signer} -> report: the {signer} does not hold an ECDSA P-384 key")
+        raise CheckFailed(f"{signer} -> report: the {signer} holds an {keys.key_type_name(key)}, "
+                          "expected ECDSA P-384 (secp384r1)")
     sig = utils.encode_dss_signature(report.r, report.s)
     try:
         key.verify(sig, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise CheckFailed(f"{signer} -> report: the report signature (bytes 0x0-0x29f) does not "
                           f"verify with the {signer}") from None
 
 
 def verify_snp_report(report_bytes: bytes, vcek_bytes: bytes, chain_bytes: bytes | None = None,
-                      product: str | None = None) -> VerifiedReport:
+                      product: str | None = None, vcek_what: str | None = None,
+                      chain_what: str = "certificate chain") -> VerifiedReport:
     """Verify an SNP attestation report (binary or hex text) with its VCEK (DER or PEM) and the
     ASK/ARK chain (PEM bundle; AMD's built-in keys for the product when None).
 
@@ -258,10 +236,10 @@ def verify_snp_report(report_bytes: bytes, vcek_bytes: bytes, chain_bytes: bytes
     signer = report.signing_key_name
     if signer not in ("VCEK", "VLEK"):
         raise CheckFailed(f"report: SIGNING_KEY says the report is signed by {signer}")
-    vcek = load_certificate(vcek_bytes, signer)
+    vcek = load_certificate(vcek_bytes, vcek_what or signer)
     prod = product or product_of(vcek, report)
     if chain_bytes is not None:
-        ask, ark = load_chain(chain_bytes)
+        ask, ark = load_chain(chain_bytes, chain_what)
         source = "given"
     else:
         if signer == "VLEK":

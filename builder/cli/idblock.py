@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from builder.cli.measure_snp import int_arg, read_input
+from builder.cli.common import int_arg, read_input
 from builder.errors import CCBuildError
 from builder.measure.idblock import IdBlockParams, load_private_key, make_id_block
 from builder.measure.policy import KATA_DEFAULT_POLICY, GuestPolicy
@@ -44,8 +44,10 @@ def run(args) -> int:
     params = IdBlockParams(family_id=_hex(args.family_id, "--family-id", 16),
                            image_id=_hex(args.image_id, "--image-id", 16),
                            guest_svn=int_arg(args.guest_svn), policy=policy)
-    id_key = load_private_key(read_input(args.id_key, "--id-key"), "--id-key")
-    author_key = load_private_key(read_input(args.author_key, "--author-key"), "--author-key")
+    id_key = load_private_key(read_input(args.id_key, "--id-key", "key"),
+                              f"ID key {args.id_key}")
+    author_key = load_private_key(read_input(args.author_key, "--author-key", "key"),
+                                  f"author key {args.author_key}")
     r = make_id_block(ld, id_key, author_key, params)
     if args.json:
         import base64

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from builder.cli.common import read_input
-from builder.errors import CCBuildError
+from builder.errors import EXIT_CHECK_FAILED, CCBuildError
+from builder.outschema import printable
 
 
 def register(sub) -> None:
@@ -74,20 +75,32 @@ def run(args) -> int:
     else:
         verdicts.append(vf.check_out(args.out))
     if args.snp_report:
-        verdicts.append(vf.check_snp_report(args.out, read_input(args.snp_report, "--snp-report"),
-                                            read_input(args.vcek, "--vcek"),
-                                            read_input(args.chain, "--chain")))
+        verdicts.append(vf.check_snp_report(
+            args.out, read_input(args.snp_report, "--snp-report", "report"),
+            read_input(args.vcek, "--vcek", "certificate"),
+            read_input(args.chain, "--chain", "certificate"),
+            vcek_what=f"--vcek {args.vcek}" if args.vcek else None,
+            chain_what=f"--chain {args.chain}"))
     if args.tdx_quote:
         table, data = args.ccel or (None, None)
-        verdicts.append(vf.check_tdx_quote(args.out, read_input(args.tdx_quote, "--tdx-quote"),
-                                           read_input(table, "--ccel TABLE"),
-                                           read_input(data, "--ccel DATA")))
+        verdicts.append(vf.check_tdx_quote(args.out,
+                                           read_input(args.tdx_quote, "--tdx-quote", "quote"),
+                                           read_input(table, "--ccel TABLE", "acpi table"),
+                                           read_input(data, "--ccel DATA", "event log")))
     if args.signature:
-        verdicts.append(vf.check_signature(args.out, read_input(args.pubkey, "--pubkey")))
+        verdicts.append(vf.check_signature(args.out, read_input(args.pubkey, "--pubkey", "key"),
+                                           f"--pubkey {args.pubkey}"))
     ok = all(v.ok for v in verdicts)
     if args.json:
         json.dump({"ok": ok, "verdicts": [v.to_json() for v in verdicts]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print("\n\n".join(v.text(all_rows=not args.failures) for v in verdicts))
-    return 0 if ok else 1
+    if not ok:
+        # the one-line error contract: the table is on stdout, the verdict on stderr
+        fails = [c for v in verdicts for c in v.failures]
+        first = fails[0]
+        sys.stdout.flush()
+        print(f"ccbuild: error: verification failed: {len(fails)} check(s) differ; first: "
+              f"{printable(first.item)}: {printable(first.detail)[:200]}", file=sys.stderr)
+    return 0 if ok else EXIT_CHECK_FAILED

@@ -10,11 +10,13 @@ same key gives the same file, so a signed rebuild stays byte-identical. The key 
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from builder.errors import CCBuildError
+from builder.inputs import read_regular
+from builder.keys import load_ec_private_key, load_ec_public_key
 
 SIGNATURE_NAME = "manifest.json.sig"
 _HASH_BY_CURVE = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384,
@@ -29,38 +31,23 @@ def _hash_for(key) -> hashes.HashAlgorithm:
 
 
 def load_signing_key(pem: bytes, where: str = "--sign-key") -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CCBuildError(f"cannot read the signing key ({str(e).splitlines()[0][:80]})", where,
-                           "give an unencrypted PEM ECDSA private key "
-                           "(openssl ecparam -name secp384r1 -genkey -noout)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CCBuildError("the signing key is not an ECDSA key", where)
-    return key
+    return load_ec_private_key(pem, where, tuple(_HASH_BY_CURVE),
+                               "give an unencrypted PEM ECDSA private key "
+                               "(openssl ecparam -name secp384r1 -genkey -noout)")
 
 
 def load_public_key(pem: bytes, where: str = "--pubkey") -> ec.EllipticCurvePublicKey:
-    try:
-        if b"PRIVATE KEY" in pem:
-            key = serialization.load_pem_private_key(pem, password=None).public_key()
-        else:
-            key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise CCBuildError(f"cannot read the public key ({str(e).splitlines()[0][:80]})",
-                           where, "give a PEM ECDSA public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise CCBuildError("the public key is not an ECDSA key", where)
-    return key
+    return load_ec_public_key(pem, where, tuple(_HASH_BY_CURVE), "give a PEM ECDSA public key")
 
 
-def sign_manifest(manifest: bytes, key_pem: bytes) -> bytes:
-    key = load_signing_key(key_pem)
+def sign_manifest(manifest: bytes, key_pem: bytes, where: str = "--sign-key") -> bytes:
+    key = load_signing_key(key_pem, where)
     return key.sign(manifest, ec.ECDSA(_hash_for(key), deterministic_signing=True))
 
 
-def verify_manifest(manifest: bytes, signature: bytes, pubkey_pem: bytes) -> tuple[bool, str]:
-    key = load_public_key(pubkey_pem)
+def verify_manifest(manifest: bytes, signature: bytes, pubkey_pem: bytes,
+                    where: str = "--pubkey") -> tuple[bool, str]:
+    key = load_public_key(pubkey_pem, where)
     h = _hash_for(key)
     try:
         key.verify(signature, manifest, ec.ECDSA(h))
@@ -73,10 +60,7 @@ def verify_manifest(manifest: bytes, signature: bytes, pubkey_pem: bytes) -> tup
 
 
 def sign_manifest_file(manifest: bytes, key_path) -> bytes:
-    """:func:`sign_manifest` with the key read from ``key_path`` (``--sign-key``)."""
-    try:
-        with open(key_path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise CCBuildError(f"cannot read the signing key ({e.strerror})", "--sign-key") from None
-    return sign_manifest(manifest, pem)
+    """:func:`sign_manifest` with the key read from ``key_path`` (``--sign-key``): a regular file
+    of at most the key cap (builder.inputs)."""
+    where = f"--sign-key {key_path}"
+    return sign_manifest(manifest, read_regular(key_path, "key", where), where)

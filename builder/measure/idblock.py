@@ -17,10 +17,11 @@ import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from builder.errors import CCBuildError, CheckFailed
+from builder.keys import load_ec_private_key
 from builder.measure.policy import KATA_DEFAULT_POLICY, GuestPolicy
 
 ID_BLOCK_SIZE = 0x60
@@ -76,14 +77,9 @@ def id_block(ld: bytes, p: IdBlockParams) -> bytes:
 
 
 def load_private_key(pem: bytes, what: str = "key") -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise CCBuildError(f"{what} is not an unencrypted PEM private key ({e})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise CCBuildError(f"{what} is not an ECDSA P-384 key",
-                           hint="openssl ecparam -name secp384r1 -genkey -noout")
-    return key
+    """An unencrypted PEM ECDSA P-384 private key (errors name ``what`` and what was expected)."""
+    return load_ec_private_key(pem, what, ("secp384r1",),
+                               "openssl ecparam -name secp384r1 -genkey -noout")
 
 
 def _public(key) -> ec.EllipticCurvePublicKey:
