@@ -18,8 +18,9 @@ The rules for OUT (``-o``), all checked before the build starts and again before
   directory that merely holds files with those names is not one.
 - Stale temporaries of an interrupted build are removed only when their name is exactly
   ``.NAME.tmp-<pid>`` or ``.NAME.old-<pid>`` for this OUT's NAME, that pid is not a running
-  process, the entry is a real directory, and it holds the marker file this module writes
-  (``.ccbuild-tmp``) or is a ccbuild output by the rule above (the previous OUT, moved aside).
+  process, the entry is a real directory, and it is empty, holds the marker file this module
+  writes (``.ccbuild-tmp``) or is a ccbuild output by the rule above (the previous OUT, moved
+  aside).
   Anything else is left alone.
 - A failure before the exchange leaves the previous OUT and no temporary; parent directories
   this process created for OUT are removed again if they are still empty.
@@ -189,27 +190,25 @@ def check_out(out: Path, force: bool = False) -> None:
             raise _err(f"cannot use OUT's parent ({e.strerror})", out) from None
     if not stat.S_ISDIR(st.st_mode):
         raise _err("OUT's parent is not a directory", out)
-    if probe != parent:
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise _err("cannot create OUT's parent (no write permission)", out)
-        return
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _err("OUT's parent is not writable", out)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise _err("OUT's parent is not writable" if probe == parent else
+                   "cannot create OUT's parent (no write permission)", out)
     try:
-        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        dfd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise _err(f"cannot open OUT's parent ({e.strerror})", out) from None
-    probe = f".{name}.tmp-{os.getpid()}"
+    tmp = f".{name}.tmp-{os.getpid()}"
     try:
-        _check_existing(dfd, name, out, force)
+        if probe == parent:
+            _check_existing(dfd, name, out, force)
         try:   # can an entry be made here at all (read-only or pseudo file systems)?
-            os.mkdir(probe, 0o700, dir_fd=dfd)
+            os.mkdir(tmp, 0o700, dir_fd=dfd)
         except FileExistsError:
             pass   # a stale temporary with our pid: write_outdir deals with it
         except OSError as e:
             raise _err(f"cannot write next to OUT ({e.strerror})", out) from None
         else:
-            os.rmdir(probe, dir_fd=dfd)
+            os.rmdir(tmp, dir_fd=dfd)
     finally:
         os.close(dfd)
 
@@ -241,16 +240,23 @@ def clean_stale(dfd: int, name: str) -> list[str]:
         st = _lstat(dfd, entry)
         if st is None or not stat.S_ISDIR(st.st_mode):
             continue
-        mst = None
+        mst, empty = None, False
         try:
             fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
             try:
                 mst = _lstat(fd, MARKER)
+                empty = not os.listdir(fd)
             finally:
                 os.close(fd)
         except OSError:
             continue
-        if (mst is not None and stat.S_ISREG(mst.st_mode)) or _outputs_listed(dfd, entry):
+        if empty:   # killed between mkdir and the marker: nothing to lose
+            try:
+                os.rmdir(entry, dir_fd=dfd)
+                removed.append(entry)
+            except OSError:
+                pass
+        elif (mst is not None and stat.S_ISREG(mst.st_mode)) or _outputs_listed(dfd, entry):
             shutil.rmtree(entry, dir_fd=dfd, ignore_errors=True)
             removed.append(entry)
     return removed

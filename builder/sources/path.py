@@ -12,12 +12,12 @@ import hashlib
 from pathlib import Path
 
 from builder.errors import CCBuildError
-from builder.inputs import read_regular
+from builder.inputs import LIMITS, open_regular
 
 
 def read_path(path: Path, sha256: str | None, where: str) -> bytes:
     try:
-        data = read_regular(path, "file", where)
+        data = _read_capped(path, where)
     except CCBuildError as e:
         raise CCBuildError(f"{e.what}: {path.name}", where, e.hint) from None
     digest = hashlib.sha256(data).hexdigest()
@@ -25,3 +25,19 @@ def read_path(path: Path, sha256: str | None, where: str) -> bytes:
         raise CCBuildError(f"sha256 mismatch for {path.name}: file is {digest}, pinned {sha256}",
                            where, "the file changed; re-pin it if the change is expected")
     return data
+
+
+def _read_capped(path: Path, where: str) -> bytes:
+    """The file's bytes in chunks (``f.read(cap)`` would allocate the whole 2 GiB cap up front)."""
+    cap = LIMITS["file"]
+    chunks, got = [], 0
+    with open_regular(path, "file", where) as (f, size):
+        try:
+            while chunk := f.read(min(1 << 24, cap + 1 - got)):
+                chunks.append(chunk)
+                got += len(chunk)
+                if got > cap:
+                    raise CCBuildError(f"file is too large (more than {cap} bytes)", where)
+        except OSError as e:
+            raise CCBuildError(f"cannot read file ({e.strerror or e})", where) from None
+    return b"".join(chunks)
