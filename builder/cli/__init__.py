@@ -23,6 +23,7 @@ VERB_MODULES = [
     "builder.cli.inspect",
     "builder.cli.boot",
     "builder.cli.verify",
+    "builder.cli.kata",
 ]
 
 
