@@ -11,6 +11,7 @@ Overrides: ``CCBUILD_DEBIAN_MIRROR`` and ``CCBUILD_DEBIAN_SECURITY_MIRROR``.
 
 from __future__ import annotations
 
+import gzip
 import io
 import lzma
 import os
@@ -18,11 +19,14 @@ import posixpath
 import re
 import tarfile
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import log
-from builder.errors import CCBuildError
+from builder.errors import CCBuildError, FormatError
+from builder.inputs import LIMITS, open_regular
 from builder.run import run
 from builder.store import Store, atomic_write
 
@@ -215,65 +219,243 @@ def fetch_deb(store: Store, package: str, version: str, suite: str, sha256: str 
     return store.verified_path(digest, what), digest
 
 
-def _ar_members(data: bytes, what: str) -> dict[str, bytes]:
-    if not data.startswith(b"!<arch>\n"):
-        raise CCBuildError("not a Debian package (no ar header)", what)
-    pos, out = 8, {}
-    while pos + 60 <= len(data):
-        hdr = data[pos:pos + 60]
-        name = hdr[:16].decode(errors="replace").strip().rstrip("/")
-        try:
-            size = int(hdr[48:58].decode().strip())
-        except ValueError:
-            raise CCBuildError("corrupt ar header", f"{what} offset 0x{pos:x}") from None
-        out[name] = data[pos + 60:pos + 60 + size]
-        pos += 60 + size + (size & 1)
+# -- reading a .deb ------------------------------------------------------------------------------
+# A .deb is an ar archive (debian-binary, control.tar.*, data.tar.*; deb(5)); the files are in
+# data.tar, compressed with xz, gzip, zstd or not at all. Everything here treats the archive as
+# hostile: ar headers are bounds-checked, every decompressor and tar error becomes one FormatError
+# naming the .deb and the member, the decompressed data.tar is streamed (never held whole) and
+# capped, a member is capped at its kind's limit, and symlinks are resolved inside the package.
+
+AR_MAGIC = b"!<arch>\n"
+AR_HEADER = 60
+# The whole decompressed data.tar: Debian's largest binary packages (debug symbols, firmware
+# bundles) unpack to well under this; a decompression bomb stops here.
+DATA_TAR_LIMIT = 8 << 30
+_MAX_SYMLINK_HOPS = 40  # as Linux's MAXSYMLINKS
+_AR_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,16}")
+
+
+@dataclass(frozen=True)
+class _ArMember:
+    name: str
+    offset: int  # file offset of the member's data
+    size: int
+
+
+def _ar_members(f, file_size: int, what: str) -> list[_ArMember]:
+    """The members of an ar archive, every header checked against the file's size."""
+    f.seek(0)
+    if f.read(len(AR_MAGIC)) != AR_MAGIC:
+        raise FormatError("not a Debian package (no ar header '!<arch>')", 0, what)
+    pos, out = len(AR_MAGIC), []
+    while pos < file_size:
+        if pos + AR_HEADER > file_size:
+            raise FormatError(f"truncated ar member header ({file_size - pos} of {AR_HEADER} "
+                              "bytes)", pos, what)
+        f.seek(pos)
+        hdr = f.read(AR_HEADER)
+        if len(hdr) != AR_HEADER or hdr[58:60] != b"`\n":
+            raise FormatError("corrupt ar member header (no '`\\n' terminator)", pos, what)
+        name = hdr[:16].decode("ascii", "replace").rstrip(" ").removesuffix("/")
+        if not _AR_NAME_RE.fullmatch(name):
+            raise FormatError(f"ar member name {hdr[:16]!r} is not a plain file name", pos, what)
+        size_text = hdr[48:58].rstrip(b" ")
+        if not size_text.isdigit():  # ASCII digits only: no sign, no base prefix, no spaces
+            raise FormatError(f"ar member {name} size {size_text!r} is not a decimal number",
+                              pos + 48, what)
+        size = int(size_text)
+        data = pos + AR_HEADER
+        if data + size > file_size:
+            raise FormatError(f"ar member {name} size {size} runs past the end of the file "
+                              f"({file_size} bytes)", pos + 48, what)
+        out.append(_ArMember(name, data, size))
+        pos = data + size + (size & 1)
     return out
 
 
-def _data_tar(deb: bytes, what: str) -> tarfile.TarFile:
-    members = _ar_members(deb, what)
-    for name, payload in members.items():
-        if name.startswith("data.tar"):
-            if name.endswith(".zst"):
+class _Slice(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of an open file, as a readable stream."""
+
+    def __init__(self, f, start: int, size: int):
+        self.f, self.pos, self.end = f, start, start + size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.end - self.pos)
+        if n <= 0:
+            return 0
+        self.f.seek(self.pos)
+        data = self.f.read(n)
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+class _Capped(io.RawIOBase):
+    """A decompressed stream that refuses to yield more than DATA_TAR_LIMIT bytes."""
+
+    def __init__(self, stream, name: str, what: str):
+        self.stream, self.name, self.what, self.total = stream, name, what, 0
+        self.limit = DATA_TAR_LIMIT
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.stream.read(len(b))
+        self.total += len(data)
+        if self.total > self.limit:
+            raise FormatError(f"{self.name} is too large: it decompresses to more than "
+                              f"{self.limit} bytes (a decompression bomb?)", None, self.what)
+        b[:len(data)] = data
+        return len(data)
+
+
+def _decompressor_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [lzma.LZMAError, zlib.error, EOFError, OSError,
+                                         tarfile.TarError, ValueError]
+    try:
+        import zstandard
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def _data_tar(deb_path: Path, what: str):
+    """The package's data.tar as a streaming tarfile (mode ``r|``); every error while reading it
+    (decompression, tar headers) is a FormatError naming the .deb and the member."""
+    with open_regular(deb_path, "debian package", what) as (f, size):
+        members = [m for m in _ar_members(f, size, what) if m.name.startswith("data.tar")]
+        if not members:
+            raise FormatError("no data.tar member in the package", None, what)
+        if len(members) > 1:
+            raise FormatError(f"{len(members)} data.tar members in the package", None, what)
+        m = members[0]
+        raw = io.BufferedReader(_Slice(f, m.offset, m.size), 1 << 16)
+        try:
+            if m.name == "data.tar":
+                stream = raw
+            elif m.name == "data.tar.xz":
+                stream = lzma.LZMAFile(raw)
+            elif m.name == "data.tar.gz":
+                stream = gzip.GzipFile(fileobj=raw, mode="rb")
+            elif m.name == "data.tar.zst":
                 import zstandard
-                payload = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)).read()
-            elif name.endswith(".xz"):
-                payload = lzma.decompress(payload)
-            elif name.endswith(".gz"):
-                import gzip
-                payload = gzip.decompress(payload)
-            return tarfile.open(fileobj=io.BytesIO(payload), mode="r:")
-    raise CCBuildError("no data.tar member", what)
+                stream = zstandard.ZstdDecompressor().stream_reader(raw)
+            else:
+                raise FormatError(f"unsupported data member {m.name}", m.offset, what,
+                                  "expected data.tar, data.tar.xz, data.tar.gz or data.tar.zst")
+            capped = io.BufferedReader(_Capped(stream, m.name, what), 1 << 16)
+            tar = tarfile.open(fileobj=capped, mode="r|")
+            yield tar, m.name
+        except FormatError:
+            raise
+        except _decompressor_errors() as e:
+            raise FormatError(f"corrupt {m.name} ({type(e).__name__}: {e})".replace("\n", " "),
+                              None, what) from None
 
 
-def deb_member(deb_path: Path, member: str, what: str | None = None) -> bytes:
-    """The bytes of file ``member`` (e.g. ``usr/share/ovmf/OVMF.fd``) inside a .deb; symlinks
-    inside the package are followed."""
-    what = what or deb_path.name
-    tar = _data_tar(deb_path.read_bytes(), what)
-    index = {posixpath.normpath(m.name.lstrip("./")) if m.name not in (".", "./") else ".": m
-             for m in tar.getmembers()}
-    path = posixpath.normpath(member.lstrip("/"))
-    for _ in range(16):
-        m = index.get(path)
-        if m is None:
-            near = sorted(n for n in index if posixpath.basename(n) == posixpath.basename(path))
-            hint = f"did you mean {near[0]}?" if near else "list it with 'dpkg-deb -c'"
-            raise CCBuildError(f"no member {member!r} in the package", what, hint)
-        if m.issym():
-            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), m.linkname)
-                                      if not m.linkname.startswith("/") else m.linkname.lstrip("/"))
-            continue
-        if not m.isfile():
+def _member_path(name: str, data_member: str, what: str) -> str:
+    """A tar member name as a path inside the package (``./usr/x`` -> ``usr/x``); names that
+    are absolute or climb out of the package with ``..`` are refused."""
+    if name.startswith("/") or ".." in name.split("/"):
+        raise FormatError(f"{data_member} member {name!r} lies outside the package (absolute or "
+                          "'../' path)", None, what)
+    path = posixpath.normpath(name)
+    return "." if path in ("", ".") else path
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: str       # "file", "symlink", "hardlink", "other"
+    link: str       # link target (symlinks, hard links)
+    size: int
+
+
+def _scan(deb_path: Path, what: str, want: str | None = None, limit: int = 0,
+          kind: str = "file") -> tuple[dict[str, _Entry], bytes | None, str]:
+    """One streaming pass over data.tar: the index of every member, and the bytes of member
+    ``want`` when it is a regular file (capped at ``limit``)."""
+    index: dict[str, _Entry] = {}
+    found: bytes | None = None
+    with _data_tar(deb_path, what) as (tar, data_member):
+        for m in tar:
+            path = _member_path(m.name, data_member, what)
+            if m.issym():
+                entry = _Entry("symlink", m.linkname, 0)
+            elif m.islnk():
+                entry = _Entry("hardlink", m.linkname, 0)
+            elif m.isfile():
+                entry = _Entry("file", "", m.size)
+            else:
+                entry = _Entry("other", "", 0)
+            index[path] = entry
+            if path == want and entry.kind == "file":
+                if m.size > limit:
+                    raise CCBuildError(f"member {want!r} is too large for a {kind} ({m.size} "
+                                       f"bytes, limit {limit})", what)
+                fobj = tar.extractfile(m)
+                data = fobj.read(m.size) if fobj is not None else b""
+                if len(data) != m.size:
+                    raise FormatError(f"member {want!r} is truncated in {data_member}", None,
+                                      what)
+                found = data
+    return index, found, data_member
+
+
+def _resolve(index: dict[str, _Entry], member: str, path: str, what: str) -> str:
+    """Follow symlinks and hard links from ``path`` to a regular file inside the package."""
+    link = None  # the last link followed
+    for _ in range(_MAX_SYMLINK_HOPS):
+        entry = index.get(path)
+        if entry is None:
+            if path == posixpath.normpath(member.lstrip("/")):
+                near = sorted(n for n in index if posixpath.basename(n) == posixpath.basename(path))
+                hint = f"did you mean {near[0]}?" if near else "list it with 'dpkg-deb -c'"
+                raise CCBuildError(f"no member {member!r} in the package", what, hint)
+            via = "" if link == member.lstrip("/") else f" (reached from {member!r})"
+            raise CCBuildError(f"link {link!r}{via} points to {path!r}, which is not in the "
+                               "package", what)
+        if entry.kind == "file":
+            return path
+        if entry.kind == "other":
             raise CCBuildError(f"member {member!r} is not a regular file", what)
-        return tar.extractfile(m).read()
+        if entry.kind == "symlink" and not entry.link.startswith("/"):
+            target = posixpath.join(posixpath.dirname(path), entry.link)
+        else:  # absolute symlink (package root) or hard link (named from the archive root)
+            target = entry.link.lstrip("/").removeprefix("./")
+        target = posixpath.normpath(target)
+        if target == ".." or target.startswith("../"):
+            raise CCBuildError(f"member {path!r} links to {entry.link!r}, outside the package",
+                               what)
+        link, path = path, target
     raise CCBuildError(f"symlink loop at member {member!r}", what)
 
 
+def deb_member(deb_path: Path, member: str, what: str | None = None,
+               kind: str = "file") -> bytes:
+    """The bytes of file ``member`` (e.g. ``usr/share/ovmf/OVMF.fd``) inside a .deb, at most
+    the cap of ``kind`` (builder.inputs.LIMITS); symlinks inside the package are followed."""
+    what = what or deb_path.name
+    limit = LIMITS.get(kind, LIMITS["file"])
+    want = posixpath.normpath(member.lstrip("/"))
+    index, data, _ = _scan(deb_path, what, want, limit, kind)
+    path = _resolve(index, member, want, what)
+    if path == want and data is not None:
+        return data
+    _, data, _ = _scan(deb_path, what, path, limit, kind)
+    if data is None:  # the archive changed between the passes
+        raise CCBuildError(f"member {path!r} vanished while the package was read", what)
+    return data
+
+
 def deb_members(deb_path: Path) -> list[str]:
-    tar = _data_tar(deb_path.read_bytes(), deb_path.name)
-    return sorted(m.name.lstrip("./") for m in tar.getmembers() if m.isfile() or m.issym())
+    index, _, _ = _scan(deb_path, deb_path.name)
+    return sorted(p for p, e in index.items() if e.kind in ("file", "symlink"))
 
 
 # -- source packages ---------------------------------------------------------------------------
