@@ -350,6 +350,44 @@ def _tdvf_big(size: int, sections) -> bytes:
     return bytes(img)
 
 
+# --- hostile kernels (the PE Authenticode hash of RTMR1) -------------------------------------
+
+def _pe(nsections: int = 1, size_of_headers: int = 0x200, raw=(0x200, 0x200),
+        cert=(0, 0)) -> bytes:
+    img = bytearray(0x400)
+    img[0:2] = b"MZ"
+    struct.pack_into("<I", img, 0x3C, 0x40)
+    img[0x40:0x44] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", img, 0x44, 0x8664, nsections, 0, 0, 0, 0x70 + 16 * 8, 0x22)
+    opt = 0x58
+    struct.pack_into("<H", img, opt, 0x20B)
+    struct.pack_into("<III", img, opt + 56, 0x2000, size_of_headers, 0)
+    struct.pack_into("<I", img, opt + 108, 16)
+    struct.pack_into("<II", img, opt + 112 + 32, *cert)
+    sec = opt + 0x70 + 16 * 8
+    if sec + 40 <= len(img):
+        struct.pack_into("<8sIIII", img, sec, b".text", 0x200, 0x1000, raw[1], raw[0])
+    return bytes(img)
+
+
+PE_HOSTILE = {
+    "not-pe": b"\x7fELF" + bytes(4092),
+    "sections-65535": _pe(nsections=0xFFFF),
+    "headers-beyond-file": _pe(size_of_headers=0x7FFFFFFF),
+    "section-beyond-file": _pe(raw=(0x200, 0x7FFFFFFF)),
+    "cert-beyond-file": _pe(cert=(0x400, 0x7FFFFFFF)) + bytes(16),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PE_HOSTILE))
+def test_hostile_kernel_pe(case, files, tmp_path):
+    k = tmp_path / "vmlinuz"
+    k.write_bytes(PE_HOSTILE[case])
+    o = run_cli(["measure", "tdx", "--firmware", str(files["tdvf"]), "--kernel", str(k),
+                 "--register", "rtmr1"])
+    assert_one_line_error(o, (2,), contains="PE")
+
+
 # --- hostile command-line values ------------------------------------------------------------
 
 BIG = "9" * 5000

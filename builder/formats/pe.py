@@ -69,6 +69,7 @@ def authenticode_digest(image: bytes, algorithm: str = "sha384", pad_to: int = 0
         raise FormatError(f"PE SizeOfHeaders 0x{size_of_headers:x} is inconsistent with the "
                           f"{size}-byte image", opt.get_field_absolute_offset("SizeOfHeaders"))
     h = hashlib.new(algorithm)
+    image = memoryview(image)  # slices below hash in place: no copy of a large section
     h.update(image[:csum_off])
     cert_size = 0
     if ndirs <= DIRECTORY_ENTRY_SECURITY:
