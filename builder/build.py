@@ -20,6 +20,7 @@ from builder.emit.manifest import dumps, make_manifest, sha256sums
 from builder.emit.outdir import check_out, write_outdir
 from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
+from builder.stages import tree
 from builder.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,18 +150,19 @@ def _file_contents(c: _Ctx, section: str) -> list[tuple[str, bytes, int]]:
 def _initrd(c: _Ctx, agent: bytes) -> bytes:
     from builder.stages import initrd as ini
     spec_r = c.lr.recipe.initrd
-    files = [ini.File(*f) for f in _file_contents(c, "initrd")]
+    files = [tree.File(*f) for f in _file_contents(c, "initrd")]
     spec = ini.InitrdSpec(agent=agent, compression=spec_r.compression, files=tuple(files),
-                          symlinks=tuple(ini.Symlink(s.path, s.target) for s in spec_r.symlinks),
-                          dirs=ini.DEFAULT_DIRS + tuple(ini.Dir(d) for d in spec_r.dirs))
+                          symlinks=tuple(tree.Symlink(s.path, s.target) for s in spec_r.symlinks),
+                          dirs=tree.DEFAULT_DIRS + tuple(tree.Dir(d) for d in spec_r.dirs))
     return ini.build_initrd(spec, c.lr.recipe.source_date_epoch)
 
 
 def _rootfs(c: _Ctx, agent: bytes):
     from builder.stages import rootfs as rfs
     spec_r = c.lr.recipe.rootfs
-    files = [rfs.RootFile(*f) for f in _file_contents(c, "rootfs")]
-    spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files), spec_r.dirs,
+    files = [tree.File(*f) for f in _file_contents(c, "rootfs")]
+    spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files),
+                          tuple(tree.Dir(d) for d in spec_r.dirs),
                           c.lr.recipe.source_date_epoch, c.lr.digest)
     return rfs.build_rootfs_tmp(c.store, spec)
 
@@ -179,7 +181,7 @@ def _check_cmdline_template(lr: LoadedRecipe) -> None:
 
 
 def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str) -> dict:
-    from builder.measure.build import measure_recipe
+    from builder.measurements import measure_recipe
     return measure_recipe(c.lr, fw, kernel, initrd, cmdline)
 
 
@@ -222,12 +224,8 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     artifacts = {"firmware.fd": fw, "vmlinuz": kernel, **image,
                  "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
     with log.step("chain", c.timings):   # the measured view reaches the agent, or refuse
-        if rootfs is None:
-            from builder.stages.chain import check_chain
-            check_chain(lr.recipe.platform, fw, initrd, cmdline, agent)
-        else:
-            from builder.stages.rootfs import check_chain as check_rootfs_chain
-            check_rootfs_chain(lr.recipe.platform, fw, rootfs, cmdline)
+        from builder.stages.chain import check_chain
+        check_chain(lr.recipe.platform, fw, initrd if rootfs is None else rootfs, cmdline, agent)
     view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
                      store, rootfs.image if rootfs is not None else None)
     with log.step("emit", c.timings):

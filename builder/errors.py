@@ -8,6 +8,21 @@ Binary parsers raise :class:`FormatError`, a :class:`CCBuildError` that names th
 
 from __future__ import annotations
 
+import re
+
+# Characters that would break the one-line contract or drive a terminal: C0/C1 controls, DEL,
+# the Unicode line and paragraph separators, and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks and tabs as spaces, other control characters written as ``\\xNN`` / ``\\uNNNN`` escapes, and lone
+    surrogates as ``\\udNNN``: a message quoting a hostile value stays one line of plain text."""
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                        else f"\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -30,7 +45,7 @@ class CCBuildError(Exception):
             s = f"{s}, {self.where}"
         if self.hint:
             s = f"{s}; {self.hint}"
-        return s.replace("\n", " ")
+        return printable(s)
 
 
 class FormatError(CCBuildError):

@@ -101,14 +101,24 @@ def read_regular(path: str | os.PathLike, kind: str = "file", where: str | None 
     """The bytes of a regular file of at most the kind's cap (see :data:`LIMITS`)."""
     shown = where or str(path)
     cap = _limit(kind, limit)
-    with open_regular(path, kind, shown, cap) as (f, _):
+    with open_regular(path, kind, shown, cap) as (f, size):
+        # Read what fstat promised plus one byte in one go (no buffer of the whole cap), then
+        # in chunks if the file is longer than it said (/proc files report size 0, or it grew).
+        chunks, total = [], 0
+        want = size + 1
         try:
-            data = f.read(cap + 1)
+            while total <= cap:
+                chunk = f.read(min(want, cap + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                want = 1 << 20
         except OSError as e:
             raise CCBuildError(f"cannot read {kind} ({e.strerror or e})", shown) from None
-    if len(data) > cap:  # grew while we read it, or a /proc-style file with st_size 0
+    if total > cap:
         raise CCBuildError(f"{kind} is too large (more than {_human(cap)})", shown)
-    return data
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
 def decode_utf8(data: bytes, kind: str, where: str) -> str:

@@ -296,16 +296,6 @@ def parse_json(data: bytes, where: str, kind: str = "JSON document") -> Any:
         raise CCBuildError(f"{kind} is not valid JSON ({str(e)[:80]})", where) from None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (line breaks, escapes) written as ``\\xNN``: messages
-    quoting hostile keys stay one line on a terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                        else f"\\u{ord(m.group()):04x}", text)
-
-
 def load_document(path: Path, cls, kind: str, where: str | None = None):
     """``cls`` from the JSON file ``path`` (regular, capped per ``kind``), schema-checked."""
     shown = where or path.name
@@ -313,7 +303,7 @@ def load_document(path: Path, cls, kind: str, where: str | None = None):
     try:
         return build(Ctx(shown, error=SchemaError), cls, raw)
     except SchemaError as e:
-        raise CCBuildError(printable(e.what), e.where, e.hint) from None
+        raise CCBuildError(e.what, e.where, e.hint) from None
     except RecursionError:
         raise CCBuildError(f"{path.name} is nested too deeply", shown) from None
 

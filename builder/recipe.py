@@ -155,17 +155,8 @@ class Initrd:
     dirs: tuple[str, ...] = doc("extra empty directories", default=())
 
     def validate(self, ctx: "_Ctx", where: str) -> None:
-        for i, d in enumerate(self.dirs):
-            _check_image_path(ctx, f"{where}.dirs[{i}]", d)
-        seen: dict[str, str] = {}
-        for kind, items in (("files", self.files), ("symlinks", self.symlinks)):
-            for i, it in enumerate(items):
-                p = "/" + it.path.strip("/")
-                if p == "/init":
-                    ctx.fail(f"{where}.{kind}[{i}].path", "/init is the agent; it cannot be replaced")
-                if p in seen:
-                    ctx.fail(f"{where}.{kind}[{i}].path", f"duplicate of {seen[p]}")
-                seen[p] = f"{where}.{kind}[{i}]"
+        _check_tree(ctx, where, "/init", self.dirs, (("files", self.files),
+                                                     ("symlinks", self.symlinks)))
 
 
 @dataclass(frozen=True)
@@ -181,17 +172,7 @@ class Rootfs:
         if not self.verity:
             ctx.fail(f"{where}.verity", "a rootfs without dm-verity is not measured; the agent "
                      "it holds would run outside the attested chain (set verity: true)")
-        for i, d in enumerate(self.dirs):
-            _check_image_path(ctx, f"{where}.dirs[{i}]", d)
-        seen: dict[str, str] = {}
-        for i, f in enumerate(self.files):
-            p = "/" + f.path.strip("/")
-            if p == "/sbin/init":
-                ctx.fail(f"{where}.files[{i}].path", "/sbin/init is the agent; it cannot be "
-                         "replaced")
-            if p in seen:
-                ctx.fail(f"{where}.files[{i}].path", f"duplicate of {seen[p]}")
-            seen[p] = f"{where}.files[{i}]"
+        _check_tree(ctx, where, "/sbin/init", self.dirs, (("files", self.files),))
 
 
 @dataclass(frozen=True)
@@ -300,6 +281,24 @@ def expand_vcpus(spec: tuple[int | str, ...]) -> list[int]:
     return sorted(out)
 
 
+def _check_tree(ctx: "_Ctx", where: str, agent_path: str, dirs: tuple[str, ...],
+                groups: tuple[tuple[str, tuple], ...]) -> None:
+    """The image tree of an initrd or a rootfs: plain absolute paths, none given twice, and
+    none replacing the agent (``agent_path``)."""
+    for i, d in enumerate(dirs):
+        _check_image_path(ctx, f"{where}.dirs[{i}]", d)
+    seen: dict[str, str] = {}
+    for kind, items in groups:
+        for i, it in enumerate(items):
+            p = "/" + it.path.strip("/")
+            if p == agent_path:
+                ctx.fail(f"{where}.{kind}[{i}].path", f"{agent_path} is the agent; it cannot be "
+                         "replaced")
+            if p in seen:
+                ctx.fail(f"{where}.{kind}[{i}].path", f"duplicate of {seen[p]}")
+            seen[p] = f"{where}.{kind}[{i}]"
+
+
 def _check_image_path(ctx: "_Ctx", where: str, p: str) -> None:
     if not p.startswith("/"):
         ctx.fail(where, f"{p!r} must be an absolute path inside the image")
@@ -367,6 +366,12 @@ class LoadedRecipe:
         for field, rel, pinned in self.paths():
             self.resolve(rel, field, pinned=pinned)
 
+    def read(self, rel: str, field: str, kind: str = "file") -> bytes:
+        """The bytes of a file the recipe names at ``field`` (confined as :meth:`resolve` says,
+        a regular file of at most the kind's cap, builder.inputs)."""
+        return read_regular(self.resolve(rel, field), kind,
+                            f"{self.path.name}: {field}: {self._shown(rel)}")
+
     def resolve(self, rel: str, field: str | None = None, *, pinned: bool = False) -> Path:
         """The file a recipe path names (relative to the recipe's directory), symlinks resolved,
         confined to the recipe's directory unless ``pinned`` (a sha256-pinned ``path:`` source)
@@ -421,6 +426,10 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
         parsed = load_yaml(value, f"--set {key}") if value != "" else ""
     except CCBuildError:
         parsed = value  # not YAML (e.g. a template such as {{ kernel_params }}): the plain string
+    else:
+        if re.search(r"(^|\s)#", value) and not value.strip().startswith(("'", '"')):
+            raise RecipeError(file, key.strip(), "in --set, ' #' starts a YAML comment that would "
+                              "drop the rest of the value; quote it: --set 'KEY=\"a #b\"'")
     parts = key.strip().split(".")
     if not all(parts):
         raise RecipeError(file, key, "bad --set key")

@@ -14,7 +14,8 @@ import pytest
 
 from builder.errors import CCBuildError
 from builder.formats.verity import VerityParams, hash_tree
-from builder.stages import rootfs as rfs
+from builder.stages import chain, rootfs as rfs
+from builder.stages.tree import Dir, File
 
 AGENT = b"\x7fELF" + bytes(range(256)) * 40     # stand-in bytes; the boot tests use the real one
 EPOCH = 1735689600
@@ -22,9 +23,9 @@ EPOCH = 1735689600
 
 def _spec(fmt: str, seed: str = "ab" * 32, **kw) -> rfs.RootfsSpec:
     return rfs.RootfsSpec(fmt, kw.pop("agent", AGENT),
-                          kw.pop("files", (rfs.RootFile("/etc/hostname", b"kata\n"),
-                                           rfs.RootFile("/usr/share/x/data", b"d" * 9000, 0o600))),
-                          kw.pop("dirs", ("/var/lib/empty",)), EPOCH, seed)
+                          kw.pop("files", (File("/etc/hostname", b"kata\n"),
+                                           File("/usr/share/x/data", b"d" * 9000, 0o600))),
+                          kw.pop("dirs", (Dir("/var/lib/empty"),)), EPOCH, seed)
 
 
 def _need(tool: str) -> None:
@@ -140,8 +141,8 @@ def _fake(tmp_path) -> rfs.Rootfs:
 def test_cmdline_must_pin_the_rootfs(tmp_path, cmdline, msg):
     r = _fake(tmp_path)
     with pytest.raises(CCBuildError, match=msg):
-        rfs.check_cmdline(cmdline.format(v=r.root_params()), r)
-    rfs.check_cmdline("console=ttyS0 " + r.root_params() + " quiet", r)
+        chain.check_cmdline(cmdline.format(v=r.root_params()), rootfs=r)
+    chain.check_cmdline("console=ttyS0 " + r.root_params() + " quiet", rootfs=r)
 
 
 def test_recipe_refuses_unmeasured_rootfs_and_initrd_files(tmp_path):
@@ -256,3 +257,19 @@ def test_verity_launch_snippets_attach_the_rootfs_not_an_initrd(verity_out, tmp_
     kata = tomllib.loads((out / "kata-configuration-qemu-snp.toml").read_text())
     q = kata["hypervisor"]["qemu"]
     assert q["image"] == "@ARTIFACTS@/rootfs.img" and q["initrd"] == ""
+
+
+@pytest.mark.parametrize("path,mode", [("/tmp", "1777"), ("/proc", "0555"), ("/root", "0700"),
+                                       ("/sbin", "0755")])
+def test_rootfs_default_dirs_have_the_initrds_modes(tmp_path, path, mode):
+    """One tree spec (stages/tree.py): the rootfs' default directories carry the same modes as
+    the initrd's (read back from the image with debugfs, an independent reader)."""
+    _need("mkfs.ext4")
+    r = rfs.build_rootfs(_spec("ext4"), tmp_path / "w")
+    img = tmp_path / "fs.img"
+    img.write_bytes(r.fs)
+    stat = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)],
+                          capture_output=True, text=True).stdout
+    import re
+    m = re.search(r"Mode:\s+(\d+)", stat)
+    assert m and int(m.group(1), 8) == int(mode, 8), stat[:300]

@@ -237,7 +237,7 @@ def test_bad_option_combinations_are_exit_2(snp_out):
 
 def test_host_data_and_id_key_from_the_build(vectors, snp_out, tmp_path):
     """HOST_DATA against measurements.json's initdata record, ID_KEY_DIGEST and policy against
-    its snp_id record (the shapes builder.measure.build writes)."""
+    its snp_id record (the shapes builder.measurements writes)."""
     m = json.loads((snp_out / "measurements.json").read_text())
     raw = bytearray((vectors / "snp/go-sev-guest/attestation.bin").read_bytes())
     host = bytes(range(32))

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from builder.cli.common import read_input
-from builder.errors import EXIT_CHECK_FAILED, CCBuildError
-from builder.outschema import printable
+from builder.errors import EXIT_CHECK_FAILED, CCBuildError, printable
 
 
 def register(sub) -> None:

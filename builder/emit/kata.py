@@ -19,7 +19,6 @@ from builder import __version__
 from builder.emit import BuildView
 from builder.emit.templating import render, toml_value
 from builder.errors import CCBuildError
-from builder.inputs import read_regular
 from builder.recipe import expand_vcpus
 
 PLACEHOLDER = "@ARTIFACTS@"
@@ -54,7 +53,7 @@ def emit(view: BuildView, files: dict[str, bytes]) -> dict[str, bytes]:
     annotation = None
     if r.initdata:
         from builder.measure.initdata import kata_annotation
-        raw = read_regular(view.lr.resolve(r.initdata), "initdata", "initdata")
+        raw = view.lr.read(r.initdata, "initdata", "initdata")
         measured = (init or {}).get("file_sha256")
         if measured and hashlib.sha256(raw).hexdigest() != measured:
             raise CCBuildError("the initdata file changed during the build", "initdata",

@@ -1,7 +1,7 @@
 """Measured-view check: everything the guest runs before the agent must be inside what the TEE
 measures, or the launch digest / RTMRs say nothing about the agent.
 
-The chain a build must make true (DESIGN.md, "The trust chain"):
+The chain a build must make true:
 
 * the firmware verifies kernel, initrd and command line (SNP: an OVMF with the SEV
   KERNEL_HASHES section and ``kernel-hashes=on``; TDX: TDVF measures the kernel and the EFI stub
@@ -10,7 +10,9 @@ The chain a build must make true (DESIGN.md, "The trust chain"):
   ``/init``, and a ``root=`` only when dm-verity pins it (a root file system the measurements do
   not cover would be the agent's real source);
 * the initrd's ``/init`` is the agent (its bytes, or a symlink to it), or a known minimal init
-  that does nothing but ``exec`` the agent.
+  that does nothing but ``exec`` the agent; or, booting a verity rootfs (no initrd), the command
+  line carries that rootfs' dm-verity table and ``root=/dev/dm-0``, so the rootfs holding the
+  agent at ``/sbin/init`` is pinned by the measured root hash.
 
 Each refusal is one line (CCBuildError, exit 2) that says what breaks the chain and how to fix it.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from builder.errors import CCBuildError
 from builder.formats import cpio
 from builder.stages.initrd import decompress, init_of
+from builder.stages.rootfs import AGENT_PATH as ROOTFS_AGENT_PATH
+from builder.stages.rootfs import ROOT_DEV, Rootfs
 
 AGENT_PATH = "/init"
 # "#!/bin/sh" + an optional "set -e" + one "exec PATH" (optionally passing "$@"): nothing else.
@@ -66,17 +70,34 @@ def _split(cmdline: str) -> list[str]:
     return words
 
 
-def check_cmdline(cmdline: str, where: str = "cmdline") -> None:
-    """Refuse parameters that make the kernel start something other than the agent."""
+def check_cmdline(cmdline: str, where: str = "cmdline", rootfs: "Rootfs | None" = None) -> None:
+    """Refuse parameters that make the kernel start something other than the agent. With an
+    initrd boot the agent is ``/init`` and a ``root=`` must be verity-pinned; with a verity
+    rootfs boot the command line must carry exactly that rootfs' dm-verity table, ``root=`` the
+    verity device once, and any ``init=`` must be the agent's path in the rootfs."""
     params = kernel_params(cmdline)
+    agent_path = AGENT_PATH if rootfs is None else ROOTFS_AGENT_PATH
+    where_agent = "the measured initrd" if rootfs is None else "the verity rootfs"
+    if rootfs is not None:
+        table = rootfs.dm_mod_create()
+        if table not in cmdline:
+            raise CCBuildError("the command line does not carry the rootfs' dm-verity table, so "
+                               "the measurement would not pin the rootfs", where,
+                               "put {{ verity_params }} in the template")
+        if [v for n, v in params if n == "dm-mod.create"] != [table.split("=", 1)[1].strip('"')]:
+            raise CCBuildError("the command line sets up other device-mapper tables besides the "
+                               "rootfs' one", where, "use only {{ verity_params }}")
+        if [v for n, v in params if n == "root"] != [ROOT_DEV]:
+            raise CCBuildError(f"the root must be the verity device, root={ROOT_DEV}, once", where,
+                               "use {{ verity_params }} and no other root=")
     for name, value in params:
-        if name in ("init", "rdinit") and value != AGENT_PATH:
+        if name in ("init", "rdinit") and value != agent_path:
             raise CCBuildError(
                 f"the command line has {name}={value}, so the kernel would not start the agent "
-                f"({AGENT_PATH} in the measured initrd)", where,
-                f"remove {name}= (or set {name}={AGENT_PATH})")
+                f"({agent_path} in {where_agent})", where,
+                f"remove {name}= (or set {name}={agent_path})")
     roots = [v for n, v in params if n == "root"]
-    if roots and not _verity_root(params):
+    if rootfs is None and roots and not _verity_root(params):
         raise CCBuildError(
             f"the command line mounts root={roots[-1]} without dm-verity, so the root file system "
             "would not be covered by the measurements", where,
@@ -122,8 +143,14 @@ def check_firmware(platform: str, fw: bytes) -> None:
     stage_check(platform, fw, where="firmware")
 
 
-def check_chain(platform: str, firmware: bytes, initrd: bytes, cmdline: str,
+def check_chain(platform: str, firmware: bytes, boot: "bytes | Rootfs", cmdline: str,
                 agent: bytes) -> Chain:
+    """The build's measured view, for either boot kind: ``boot`` is the initrd (its /init must
+    be the agent) or the verity rootfs (its table and root on the command line; the rootfs stage
+    put the agent at /sbin/init)."""
     check_firmware(platform, firmware)
-    check_cmdline(cmdline)
-    return check_init(initrd, agent)
+    if isinstance(boot, (bytes, bytearray)):
+        check_cmdline(cmdline)
+        return check_init(boot, agent)
+    check_cmdline(cmdline, "cmdline.template", rootfs=boot)
+    return Chain(f"agent at {ROOTFS_AGENT_PATH} in the dm-verity rootfs ({boot.format})")

@@ -3,7 +3,8 @@ and compressed with fixed parameters.
 
 Everything is built in memory from the spec; nothing touches the file system, so umask, TZ,
 the working directory and the build user cannot leak into the bytes. Device nodes are header
-fields only, so no root is needed.
+fields only, so no root is needed. The tree (entry kinds, default directories, path rule) is
+stages/tree.py, shared with the verity rootfs.
 
 Compression parameters are fixed (part of the output's identity):
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 from builder.errors import CCBuildError, FormatError
 from builder.formats import cpio
+from builder.stages import tree
+from builder.stages.tree import DEFAULT_DIRS, Device, Dir, File, Symlink
 
 COMPRESSIONS = ("none", "gzip", "zstd", "xz")
 
@@ -32,37 +35,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
-@dataclass(frozen=True)
-class Dir:
-    path: str
-    mode: int = 0o755
-
-
-@dataclass(frozen=True)
-class File:
-    """An extra file from the recipe: ``path`` in the image, its bytes and mode."""
-    path: str
-    data: bytes
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
-class Symlink:
-    path: str
-    target: str
-
-
-@dataclass(frozen=True)
-class Device:
-    path: str
-    kind: str          # "chardev" | "blockdev"
-    major: int
-    minor: int
-    mode: int = 0o600
-
-
-DEFAULT_DIRS = (Dir("/dev"), Dir("/proc", 0o555), Dir("/sys", 0o555), Dir("/tmp", 0o1777),
-                Dir("/run"), Dir("/etc"), Dir("/root", 0o700))
 DEFAULT_DEVICES = (Device("/dev/console", "chardev", 5, 1, 0o600),
                    Device("/dev/null", "chardev", 1, 3, 0o666))
 
@@ -81,23 +53,11 @@ class InitrdSpec:
 
 
 def image_path(path: str) -> str:
-    """Normalize a path in the image to its archive name (no leading ``/``), refusing anything
-    that could resolve outside the image root."""
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise CCBuildError(f"initrd path {path!r} is empty or not a string")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in path.split("/"):
-        raise CCBuildError(f"initrd path {path!r} escapes the image root ('..')",
-                           hint="give the target path inside the image, e.g. /etc/name")
-    if not parts:
-        raise CCBuildError(f"initrd path {path!r} names the image root itself")
-    return "/".join(parts)
+    return tree.image_path(path, "initrd")
 
 
 def _mode(path: str, mode: int) -> int:
-    if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-        raise CCBuildError(f"initrd path {path!r}: bad mode {mode!r}", hint="use 0o000..0o7777")
-    return mode
+    return tree.check_mode(path, mode, "initrd")
 
 
 def initrd_entries(spec: InitrdSpec) -> list[cpio.Entry]:

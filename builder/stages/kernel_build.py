@@ -35,6 +35,7 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import CCBuildError
+from builder.inputs import decode_utf8
 from builder.run import run, run_streamed, tool_version
 
 # Bump when build_kernel changes in a way that could change the output bytes.
@@ -247,12 +248,10 @@ def spec_for_recipe(lr, store, opts) -> tuple[Path, KernelBuildSpec, list[dict]]
     records = [r.record("kernel-source")]
     frags = []
     for i, rel in enumerate(kb.fragments):
-        p = lr.resolve(rel)
-        try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise CCBuildError(f"cannot read fragment ({getattr(e, 'strerror', None) or e})",
-                               f"kernel.build.fragments[{i}]: {rel}") from None
+        field = f"kernel.build.fragments[{i}]"
+        p = lr.resolve(rel, field)
+        text = decode_utf8(lr.read(rel, field, "config fragment"), "config fragment",
+                           f"{field}: {rel}")
         f = Fragment(_display(p, rel), text)
         parse_config(text, f.name)
         frags.append(f)

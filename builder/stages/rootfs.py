@@ -32,9 +32,11 @@ from pathlib import Path
 from builder.errors import CCBuildError
 from builder.formats.verity import BLOCK_SIZE, VerityParams, VerityTree, hash_tree
 from builder.run import run
+from builder.stages import tree
+from builder.stages.tree import Dir, File
 
 AGENT_PATH = "/sbin/init"
-DEFAULT_DIRS = ("/dev", "/proc", "/sys", "/tmp", "/run", "/etc", "/sbin")
+DEFAULT_DIRS = tree.DEFAULT_DIRS + (Dir("/sbin"),)
 DATA_DEV, HASH_DEV = "/dev/vda1", "/dev/vda2"
 ROOT_DEV = "/dev/dm-0"
 P1_START_LBA = 2048             # 1 MiB, as partitioning tools align the first partition
@@ -43,18 +45,11 @@ FORMATS = ("erofs", "ext4")
 
 
 @dataclass(frozen=True)
-class RootFile:
-    path: str
-    data: bytes
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
 class RootfsSpec:
     format: str
     agent: bytes
-    files: tuple[RootFile, ...] = ()
-    dirs: tuple[str, ...] = ()
+    files: tuple[File, ...] = ()
+    dirs: tuple[Dir, ...] = ()    # beyond DEFAULT_DIRS
     source_date_epoch: int = 0
     seed: str = ""              # the recipe digest: UUIDs, hash seed, salt and MBR id
 
@@ -99,25 +94,27 @@ def verity_salt(seed: str) -> bytes:
 
 # -- staging and mkfs --------------------------------------------------------------------------
 def _stage(spec: RootfsSpec, root: Path) -> None:
+    """Write the tree into ``root`` with its modes and ``source_date_epoch`` times (mkfs copies
+    them; owners are set by mkfs: erofs --all-root, ext4 root_owner and -d as this user)."""
     entries: dict[str, tuple[bytes | None, int]] = {}
     for d in DEFAULT_DIRS + tuple(spec.dirs):
-        entries["/" + d.strip("/")] = (None, 0o755)
+        entries[tree.image_path(d.path, "rootfs")] = (None, tree.check_mode(d.path, d.mode, "rootfs"))
     for f in spec.files:
-        entries["/" + f.path.strip("/")] = (f.data, f.mode)
-    entries[AGENT_PATH] = (spec.agent, 0o755)
+        entries[tree.image_path(f.path, "rootfs")] = (f.data, tree.check_mode(f.path, f.mode, "rootfs"))
+    entries[tree.image_path(AGENT_PATH)] = (spec.agent, 0o755)
     for p, (data, mode) in sorted(entries.items()):
-        target = root / p.lstrip("/")
+        target = root / p
         target.parent.mkdir(parents=True, exist_ok=True)
         if data is None:
             target.mkdir(exist_ok=True)
         else:
             if target.is_dir():
-                raise CCBuildError(f"{p} is both a directory and a file", "rootfs.files")
+                raise CCBuildError(f"/{p} is both a directory and a file", "rootfs.files")
             target.write_bytes(data)
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             q = Path(dirpath) / n
-            rel = "/" + q.relative_to(root).as_posix()
+            rel = q.relative_to(root).as_posix()
             os.chmod(q, entries[rel][1] if rel in entries else 0o755)
             os.utime(q, (spec.source_date_epoch, spec.source_date_epoch))
     os.chmod(root, 0o755)
@@ -194,33 +191,3 @@ def build_rootfs_tmp(store, spec: RootfsSpec) -> Rootfs:
         return build_rootfs(spec, work, store.log_path("rootfs"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-# -- the chain ----------------------------------------------------------------------------------
-def check_cmdline(cmdline: str, rootfs: Rootfs, where: str = "cmdline.template") -> None:
-    """The measured command line must pin this rootfs and boot its agent."""
-    if rootfs.dm_mod_create() not in cmdline:
-        raise CCBuildError("the command line does not carry the rootfs' dm-verity table, so "
-                           "the measurement would not pin the rootfs", where,
-                           "put {{ verity_params }} in the template")
-    from builder.stages.chain import kernel_params
-    params = kernel_params(cmdline)
-    if [v for n, v in params if n == "dm-mod.create"] != [rootfs.dm_mod_create()
-                                                           .split("=", 1)[1].strip('"')]:
-        raise CCBuildError("the command line sets up other device-mapper tables besides the "
-                           "rootfs' one", where, "use only {{ verity_params }}")
-    if [v for n, v in params if n == "root"] != [ROOT_DEV]:
-        raise CCBuildError(f"the root must be the verity device, root={ROOT_DEV}, once", where,
-                           "use {{ verity_params }} and no other root=")
-    for n, v in params:
-        if n in ("init", "rdinit") and v != AGENT_PATH:
-            raise CCBuildError(f"{n}={v} would start something other than the agent "
-                               f"({AGENT_PATH} in the rootfs)", where, f"remove {n}=")
-
-def check_chain(platform: str, firmware: bytes, rootfs: Rootfs, cmdline: str) -> None:
-    """The rootfs build's measured view: firmware that verifies what it boots, a command line
-    that starts nothing but the root's init, and this rootfs' verity table on it."""
-    from builder.stages import chain
-    chain.check_firmware(platform, firmware)
-    chain.check_cmdline(cmdline)
-    check_cmdline(cmdline, rootfs)

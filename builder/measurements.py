@@ -1,4 +1,6 @@
-"""The measurements a build publishes (out/measurements.json), from the built bytes.
+"""The measurements a build publishes (out/measurements.json), from the built bytes and the
+recipe (its launch section, profile, keys and initdata, read here; the engines in measure/ only
+see bytes and parameters).
 
 ``{"snp": [matrix entries]}`` for SNP recipes (every vCPU count x CPU type x VMM x guest
 features of the recipe's launch section), ``{"tdx": {...}}`` for TDX recipes (MRTD, RTMR0-3 with
@@ -29,18 +31,10 @@ def measure_recipe(lr: LoadedRecipe, fw: bytes, kernel: bytes, initrd: bytes,
     from builder.measure.tdx import TdxParams, tdx_measurements
     from builder.measure.tdx_profile import load_profile
     t = r.launch.tdx
-    params = load_profile(lr.resolve(t.profile)) if t.profile else TdxParams()
+    params = load_profile(lr.resolve(t.profile, "launch.tdx.profile")) if t.profile else TdxParams()
     params = replace(params, memory=r.launch.memory_mib << 20)
     return _with_initdata(lr, {"tdx": tdx_measurements(fw, kernel, initrd, cmdline, params,
                                                        page_add_order=t.page_add_order)})
-
-
-def _read(lr: LoadedRecipe, rel: str, where: str) -> bytes:
-    try:
-        return lr.resolve(rel).read_bytes()
-    except OSError as e:
-        raise CCBuildError(f"cannot read {rel} ({e.strerror})", f"{lr.path.name}: {where}",
-                           "paths are relative to the recipe file") from None
 
 
 def _with_initdata(lr: LoadedRecipe, out: dict) -> dict:
@@ -50,7 +44,7 @@ def _with_initdata(lr: LoadedRecipe, out: dict) -> dict:
     if r.initdata:
         from builder.measure.initdata import parse_initdata
         where = f"{lr.path.name}: initdata"
-        out["initdata"] = parse_initdata(_read(lr, r.initdata, "initdata"), where).record(
+        out["initdata"] = parse_initdata(lr.read(r.initdata, "initdata", "initdata"), where).record(
             r.platform)
     return out
 
@@ -65,8 +59,8 @@ def _sign_entries(lr: LoadedRecipe, entries: list[dict]) -> dict:
     if not s.author_key:
         raise CCBuildError("an ID key needs an author key too", f"{lr.path.name}: "
                            "launch.snp.author_key", "give both PEM files (P-384)")
-    id_key = ib.load_private_key(_read(lr, s.id_key, "launch.snp.id_key"), "launch.snp.id_key")
-    author = ib.load_private_key(_read(lr, s.author_key, "launch.snp.author_key"),
+    id_key = ib.load_private_key(lr.read(s.id_key, "launch.snp.id_key", "key"), "launch.snp.id_key")
+    author = ib.load_private_key(lr.read(s.author_key, "launch.snp.author_key", "key"),
                                  "launch.snp.author_key")
     params = ib.IdBlockParams(bytes.fromhex(s.family_id), bytes.fromhex(s.image_id),
                               s.guest_svn, s.policy)
