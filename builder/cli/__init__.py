@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ccbuild: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
+    except MemoryError:
+        # Inputs are capped (builder/inputs.py), so this means the caps exceed this machine.
+        if debug:
+            raise
+        print("ccbuild: error: out of memory; an input is larger than this machine can hold "
+              "(see the README's input limits)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         if debug:
             raise

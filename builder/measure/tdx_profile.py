@@ -25,7 +25,7 @@ from builder.schema import HEX96, Ctx, SchemaError, build, doc, render_reference
 PROFILE_DIR = Path(__file__).resolve().parent.parent.parent / "recipes" / "profiles"
 PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 MAX_MEMORY = 1 << 46          # 64 TiB: beyond any TD a host can give
-MIN_MEMORY = 32 * MiB
+MIN_MEMORY = 64 * MiB           # the recipe schema's launch.memory_mib minimum
 DATA_LIMIT = 16 * MiB         # an ACPI blob or event data file
 
 
@@ -68,7 +68,7 @@ class TdxProfile:
                                         "OVMF measures it; QEMU >= 10.1 with a confidential "
                                         "guest does not", default=False)
     acpi_data_size: int = doc("QEMU's ACPI reserve below 4 GiB used when placing the initrd",
-                              default=0x28000, minimum=0, maximum=64 * MiB)
+                              default=0x28000, minimum=0, maximum=16 * MiB)
     load_options_initrd_first: bool = doc("EDK2 >= stable202508 puts 'initrd=initrd' before "
                                           "-append", default=True)
     secure_boot_feature: bool = doc("firmware built with SECURE_BOOT_ENABLE (variables from the "
@@ -116,7 +116,7 @@ def memory_bytes(ctx: Ctx, v: int | str, where: str = "memory") -> int:
         n = int(m.group(1)) << (20 if m.group(2).upper() == "M" else 30)
     if not MIN_MEMORY <= n <= MAX_MEMORY:
         ctx.fail(where, f"memory size {n} bytes is out of range {MIN_MEMORY}..{MAX_MEMORY} "
-                 "(32 MiB .. 64 TiB)")
+                 "(64 MiB .. 64 TiB)")
     return n
 
 
