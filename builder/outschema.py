@@ -317,9 +317,14 @@ def load_measurements(path: Path, where: str | None = None) -> Measurements:
 
 
 def reference() -> str:
-    """The generated reference of OUT's documents (docs/out-schema.md)."""
+    """The generated reference of OUT's documents (``python -m builder.outschema > docs/out-schema.md``)."""
     intro = [("Generated from `builder/outschema.py`. `ccbuild verify` and `ccbuild boot` "
               "refuse a document that does not follow it (strict JSON: UTF-8, no duplicate keys, "
               f"no NaN/Infinity, integers of at most {MAX_INT_DIGITS} digits).")]
     return (render_reference(Manifest, "OUT/manifest.json", intro) + "\n"
             + render_reference(Measurements, "OUT/measurements.json", []))
+
+
+if __name__ == "__main__":
+    import sys
+    sys.stdout.write(reference())

@@ -219,5 +219,6 @@ def render_reference(cls, title: str, intro: list[str]) -> str:
     for path, tp, default, text in schema_doc(cls):
         d = default if default else "(mapping)"
         tp = tp.replace(" | ", " or ")
+        text = text.replace("|", "\\|")    # a pipe in the prose would end the table cell
         lines.append(f"| `{path}` | {tp} | `{d}` | {text} |".replace("`(mapping)`", ""))
     return "\n".join(lines) + "\n"
