@@ -44,6 +44,8 @@ LIMITS: dict[str, int] = {
     "initdata": 1 * MiB,
     "profile data": 16 * MiB,     # ACPI blobs and event data a TDX profile names
     "signature": 1 * MiB,
+    "kata configuration": 1 * MiB,
+    "debian package": 4 * GiB,     # a .deb, streamed (its data.tar decompresses to at most 8 GiB)
     "file": 2 * GiB,               # a recipe `path:` source or another plain input
 }
 
