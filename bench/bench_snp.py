@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "vectors" / "snp" / "sev-snp-measure"
+FIXTURE = (Path(__file__).resolve().parents[1] / "tests" / "vectors" / "snp" / "sev-snp-measure"
            / "ovmf_AmdSev_suffix.bin")
 CMDLINE = "console=ttyS0 root=/dev/vda1 ro agent.log=debug"
 MATRIX_TYPES = ["EPYC", "EPYC-v4", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin"]
@@ -53,7 +53,7 @@ def required_hashing(fw: bytes, kernel: bytes, initrd: bytes, vcpus: int) -> Non
 
 def main() -> None:
     if not FIXTURE.is_file():
-        print(f"skipped: {FIXTURE.name} (../shared/vectors) is absent")
+        print(f"skipped: {FIXTURE.name} (tests/vectors) is absent")
         return
     from builder.measure.cpu import vcpu_type
     from builder.measure.sev_hashes import KernelHashes

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 import struct
 import uuid
 import resource
@@ -17,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,3 +133,79 @@ def synthetic_tdvf() -> bytes:
     footer = struct.pack("<H", 22 + 18) + guid_le("96b582de-1fb2-45f7-baea-a366c55a082d")
     img[end - 18 - 22:end] = entry + footer
     return bytes(img)
+
+
+# -- PE images and their oracle -------------------------------------------------------------
+def authenticode_oracle(image: bytes, alg: str) -> bytes:
+    """Authenticode digest by virt-firmware (an independent implementation)."""
+    pefile = pytest.importorskip("pefile")
+    pesign = pytest.importorskip("virt.peutils.pesign")
+    return pesign.pe_authenticode_hash(pefile.PE(data=image), alg)
+
+
+def minimal_pe(trailer: bytes = b"", cert: bytes = b"") -> bytes:
+    """A PE32+ image built field by field: DOS header, PE header, optional header with 16
+    directories, two sections stored out of order in the section table."""
+    e_lfanew = 0x40
+    opt_size = 0x70 + 16 * 8
+    sec_table = e_lfanew + 4 + 20 + opt_size
+    size_of_headers = 0x200
+    img = bytearray(size_of_headers + 0x400)
+    img[0:2] = b"MZ"
+    struct.pack_into("<I", img, 0x3C, e_lfanew)
+    img[e_lfanew:e_lfanew + 4] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", img, e_lfanew + 4, 0x8664, 2, 0, 0, 0, opt_size, 0x22)
+    opt = e_lfanew + 24
+    struct.pack_into("<H", img, opt, 0x20B)
+    struct.pack_into("<I", img, opt + 32, 0x1000)           # SectionAlignment
+    struct.pack_into("<I", img, opt + 36, 0x200)            # FileAlignment
+    struct.pack_into("<I", img, opt + 56, 0x3000)           # SizeOfImage
+    struct.pack_into("<I", img, opt + 60, size_of_headers)  # SizeOfHeaders
+    struct.pack_into("<I", img, opt + 64, 0xDEADBEEF)       # CheckSum (skipped)
+    struct.pack_into("<I", img, opt + 108, 16)              # NumberOfRvaAndSizes
+    # section table: .b at file 0x400 listed first, .a at file 0x200 second
+    struct.pack_into("<8sIIIIIIHHI", img, sec_table, b".b", 0x200, 0x2000, 0x200, 0x400,
+                     0, 0, 0, 0, 0)
+    struct.pack_into("<8sIIIIIIHHI", img, sec_table + 40, b".a", 0x200, 0x1000, 0x200, 0x200,
+                     0, 0, 0, 0, 0)
+    for i in range(0x400):
+        img[0x200 + i] = (i * 13) & 0xFF
+    img += trailer
+    if cert:
+        struct.pack_into("<II", img, opt + 112 + 8 * 4, len(img), len(cert))
+        img += cert
+    return bytes(img)
+
+
+# -- the emitted QEMU launch scripts -----------------------------------------------------------
+BLOCK = re.compile(r'^# config (\d+): ([^\n]*)\n((?:# [^\n]*\n)*)\1\)\n  shift\n'
+                   r'  exec "\$QEMU" \\\n((?:    [^\n]* \\\n)*)    "\$@"\n  ;;$', re.M)
+
+
+def parse_script(text: str, out: Path) -> list[dict]:
+    """[{number, title, values: {name: value}, argv: [...]}] from the script text, argv split
+    with shlex and "$ARTIFACTS" resolved to OUT."""
+    configs = []
+    for m in BLOCK.finditer(text):
+        values = dict(ln[2:].split("=", 1) for ln in m.group(3).splitlines()
+                      if not ln.startswith("# note:"))
+        body = m.group(4).replace(" \\\n", " ")
+        argv = [a.replace("$ARTIFACTS/", f"{out}/") for a in shlex.split(body)]
+        configs.append({"number": int(m.group(1)), "title": m.group(2), "values": values,
+                        "argv": argv})
+    return configs
+
+
+def qemu_options(argv: list[str]) -> dict[str, list[str]]:
+    """QEMU options of an argv: option -> its values, in order."""
+    opts: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-nographic", "-nodefaults"):
+            opts.setdefault(a, []).append("")
+            i += 1
+        else:
+            opts.setdefault(a, []).append(argv[i + 1])
+            i += 2
+    return opts

@@ -1,5 +1,5 @@
 """ID block and ID auth against the published virtee/sev vectors (tests/id-block.rs @9cf2adb),
-made with the test keys in ../shared/vectors/snp/virtee-sev; signatures checked with
+made with the test keys in tests/vectors/snp/virtee-sev; signatures checked with
 `cryptography`; guest policy encoding against the bit positions of Linux psp-sev.h."""
 
 from __future__ import annotations

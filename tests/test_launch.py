@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import socket
 import struct
@@ -28,6 +27,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from helpers import parse_script, qemu_options as options
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -76,38 +77,6 @@ def launch_build(tmp_path_factory, recipe_file, vectors):
 
 
 # -- parsing the generated script back --------------------------------------------------------
-BLOCK = re.compile(r'^# config (\d+): ([^\n]*)\n((?:# [^\n]*\n)*)\1\)\n  shift\n'
-                   r'  exec "\$QEMU" \\\n((?:    [^\n]* \\\n)*)    "\$@"\n  ;;$', re.M)
-
-
-def parse_script(text: str, out: Path) -> list[dict]:
-    """[{number, title, values: {name: value}, argv: [...]}] from the script text, argv split
-    with shlex and "$ARTIFACTS" resolved to OUT."""
-    configs = []
-    for m in BLOCK.finditer(text):
-        values = dict(ln[2:].split("=", 1) for ln in m.group(3).splitlines()
-                      if not ln.startswith("# note:"))
-        body = m.group(4).replace(" \\\n", " ")
-        argv = [a.replace("$ARTIFACTS/", f"{out}/") for a in shlex.split(body)]
-        configs.append({"number": int(m.group(1)), "title": m.group(2), "values": values,
-                        "argv": argv})
-    return configs
-
-
-def options(argv: list[str]) -> dict[str, list[str]]:
-    opts: dict[str, list[str]] = {}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-nographic", "-nodefaults"):
-            opts.setdefault(a, []).append("")
-            i += 1
-        else:
-            opts.setdefault(a, []).append(argv[i + 1])
-            i += 2
-    return opts
-
-
 def props(obj: str) -> tuple[str, dict[str, str]]:
     kind, *rest = obj.split(",")
     return kind, dict(p.split("=", 1) for p in rest)

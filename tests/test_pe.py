@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from builder.errors import CCBuildError, FormatError
 from builder.formats.pe import authenticode_digest
+from helpers import authenticode_oracle as _oracle, minimal_pe
 
 KERNELS = [
     # (package, version, suite, member, published sha256 prefix, published authenticode prefix)
@@ -21,12 +22,6 @@ KERNELS = [
     ("linux-image-6.12.117+deb13-cloud-amd64", "6.12.117-1", "trixie",
      "boot/vmlinuz-6.12.117+deb13-cloud-amd64", None, None),
 ]
-
-
-def _oracle(image: bytes, alg: str) -> bytes:
-    pefile = pytest.importorskip("pefile")
-    pesign = pytest.importorskip("virt.peutils.pesign")
-    return pesign.pe_authenticode_hash(pefile.PE(data=image), alg)
 
 
 @pytest.mark.slow
@@ -43,40 +38,6 @@ def test_debian_kernel_matches_virt_firmware(debian_file, package, version, suit
         assert authenticode_digest(image, "sha384") == _oracle(image, "sha384")
     if auth_prefix:
         assert authenticode_digest(image).hex().startswith(auth_prefix)
-
-
-def minimal_pe(trailer: bytes = b"", cert: bytes = b"") -> bytes:
-    """A PE32+ image built field by field: DOS header, PE header, optional header with 16
-    directories, two sections stored out of order in the section table."""
-    e_lfanew = 0x40
-    opt_size = 0x70 + 16 * 8
-    sec_table = e_lfanew + 4 + 20 + opt_size
-    size_of_headers = 0x200
-    img = bytearray(size_of_headers + 0x400)
-    img[0:2] = b"MZ"
-    struct.pack_into("<I", img, 0x3C, e_lfanew)
-    img[e_lfanew:e_lfanew + 4] = b"PE\0\0"
-    struct.pack_into("<HHIIIHH", img, e_lfanew + 4, 0x8664, 2, 0, 0, 0, opt_size, 0x22)
-    opt = e_lfanew + 24
-    struct.pack_into("<H", img, opt, 0x20B)
-    struct.pack_into("<I", img, opt + 32, 0x1000)           # SectionAlignment
-    struct.pack_into("<I", img, opt + 36, 0x200)            # FileAlignment
-    struct.pack_into("<I", img, opt + 56, 0x3000)           # SizeOfImage
-    struct.pack_into("<I", img, opt + 60, size_of_headers)  # SizeOfHeaders
-    struct.pack_into("<I", img, opt + 64, 0xDEADBEEF)       # CheckSum (skipped)
-    struct.pack_into("<I", img, opt + 108, 16)              # NumberOfRvaAndSizes
-    # section table: .b at file 0x400 listed first, .a at file 0x200 second
-    struct.pack_into("<8sIIIIIIHHI", img, sec_table, b".b", 0x200, 0x2000, 0x200, 0x400,
-                     0, 0, 0, 0, 0)
-    struct.pack_into("<8sIIIIIIHHI", img, sec_table + 40, b".a", 0x200, 0x1000, 0x200, 0x200,
-                     0, 0, 0, 0, 0)
-    for i in range(0x400):
-        img[0x200 + i] = (i * 13) & 0xFF
-    img += trailer
-    if cert:
-        struct.pack_into("<II", img, opt + 112 + 8 * 4, len(img), len(cert))
-        img += cert
-    return bytes(img)
 
 
 def _by_hand(img: bytes, trailer_len: int, pad: int = 0) -> bytes:

@@ -237,7 +237,7 @@ def test_verity_launch_snippets_attach_the_rootfs_not_an_initrd(verity_out, tmp_
 
     from sevsnpmeasure import guest, vcpu_types
     from sevsnpmeasure.vmm_types import VMMType
-    from test_launch import options, parse_script
+    from helpers import parse_script, qemu_options as options
 
     out = tmp_path / "out"
     out.mkdir()

@@ -1,5 +1,5 @@
 """Published SEV-SNP launch digests: virtee/sev tests/measurement.rs and virtee/sev-snp-measure
-tests/test_guest.py (same fixtures), and the vector quoted in ../shared/vectors/README.md.
+tests/test_guest.py (same fixtures), and the vector quoted in tests/vectors/README.md.
 All use 1 vCPU of type EPYC-v4 unless stated; "empty" kernel/initrd are /dev/null."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from builder.cli import main
 from builder.errors import CCBuildError
 from builder.measure.linux_setup import qemu_patch_setup_header
 from builder.measure.tdx_profile import PROFILE_DIR, load_profile
-from test_pe import _oracle, minimal_pe
+from helpers import authenticode_oracle as _oracle, minimal_pe
 from helpers import synthetic_tdvf
 
 

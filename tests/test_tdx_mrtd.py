@@ -10,7 +10,7 @@ from builder.formats.tdvf import parse_tdvf_metadata
 from builder.measure.tdx_mrtd import mrtd
 from helpers import synthetic_tdvf
 
-# ../shared/vectors/README.md: MRTD (interleaved page adds), each agreed by two independent
+# tests/vectors/README.md: MRTD (interleaved page adds), each agreed by two independent
 # implementations.
 DEBIAN_MRTD = [
     ("ovmf", "2022.11-6+deb12u2", "bookworm", "usr/share/ovmf/OVMF.fd",

@@ -1,4 +1,4 @@
-"""`ccbuild verify OUT --snp-report`: the real reports in ../shared/vectors/snp through the CLI,
+"""`ccbuild verify OUT --snp-report`: the real reports in tests/vectors/snp through the CLI,
 single-byte damage, and matching a report's MEASUREMENT to exactly one matrix entry.
 
 OUT is a small but complete output directory made in the test: the sev-snp-measure AmdSev

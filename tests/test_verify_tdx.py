@@ -1,5 +1,5 @@
 """`ccbuild verify OUT --tdx-quote Q --ccel TABLE DATA` on the real GCE TDX evidence in
-../shared/vectors/tdx: the quote's registers, the log's replay, every self-describing event
+tests/vectors/tdx: the quote's registers, the log's replay, every self-describing event
 against its own data, and an altered copy of the log reported as the event that was altered.
 
 The expected event list is made with the engine's digest functions (separator, EFI action
