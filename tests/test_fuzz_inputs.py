@@ -56,6 +56,18 @@ def _set(doc, path, value):
     node[path[-1]] = value
 
 
+def _mutated(base: dict, muts) -> dict:
+    """A deep copy of ``base`` with each (path, value) set where the path still exists."""
+    import copy
+    doc = copy.deepcopy(base)
+    for path, value in muts:
+        try:
+            _set(doc, path, value)
+        except (KeyError, IndexError, TypeError):
+            pass
+    return doc
+
+
 def _mutations(base: dict):
     paths = sorted(_paths(base), key=str)
     return st.lists(st.tuples(st.sampled_from(paths), values), min_size=1, max_size=3)
@@ -77,14 +89,8 @@ TDX = yaml.safe_load((REPO / "recipes" / "tdx.yaml").read_text())
 @FUZZ
 @given(st.sampled_from([SNP, TDX]).flatmap(lambda base: st.tuples(st.just(base), _mutations(base))))
 def test_fuzz_recipe_mutations(tmp_path_factory, case):
-    import copy
     base, muts = case
-    doc = copy.deepcopy(base)
-    for path, value in muts:
-        try:
-            _set(doc, path, value)
-        except (KeyError, IndexError, TypeError):
-            pass
+    doc = _mutated(base, muts)
     p = tmp_path_factory.mktemp("fuzz") / "r.yaml"
     p.write_bytes(_dump(doc))
     try:
@@ -142,13 +148,7 @@ PROFILE = yaml.safe_load((REPO / "recipes" / "profiles" / "qemu-10.1-ovmf-202508
 @FUZZ
 @given(_mutations(PROFILE))
 def test_fuzz_tdx_profile(tmp_path_factory, muts):
-    import copy
-    doc = copy.deepcopy(PROFILE)
-    for path, value in muts:
-        try:
-            _set(doc, path, value)
-        except (KeyError, IndexError, TypeError):
-            pass
+    doc = _mutated(PROFILE, muts)
     p = tmp_path_factory.mktemp("fuzz") / "p.yaml"
     p.write_bytes(_dump(doc))
     try:
