@@ -209,3 +209,27 @@ def qemu_options(argv: list[str]) -> dict[str, list[str]]:
             opts.setdefault(a, []).append(argv[i + 1])
             i += 2
     return opts
+
+
+# -- a small OUT directory ---------------------------------------------------------------------
+def write_small_out(d: Path, artifacts: dict[str, bytes], measurements: dict) -> Path:
+    """A small but complete OUT made with the build's own manifest writers (verify accepts it)."""
+    from builder.emit.manifest import dumps, make_manifest, sha256sums
+
+    files = dict(artifacts)
+    files["measurements.json"] = dumps(measurements)
+    manifest = make_manifest(
+        name="hostile", platform="snp", recipe_sha256="1" * 64, recipe_digest="2" * 64,
+        source_date_epoch=1735689600,
+        inputs=[{"role": "kernel", "kind": "path", "name": "vmlinuz", "version": "",
+                 "sha256": "3" * 64}],
+        outputs=files,
+        chain={"firmware": "4" * 64, "kernel": "5" * 64, "initrd": "6" * 64,
+               "cmdline": "7" * 64, "agent": "8" * 64},
+        build_key="9" * 64, boot={"readiness": "ready", "memory_mib": 512})
+    files["manifest.json"] = dumps(manifest)
+    files["SHA256SUMS"] = sha256sums(files)
+    d.mkdir(parents=True)
+    for n, b in files.items():
+        (d / n).write_bytes(b)
+    return d

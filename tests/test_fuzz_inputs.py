@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -155,3 +156,67 @@ def test_fuzz_tdx_profile(tmp_path_factory, muts):
         load_profile(p)
     except CCBuildError as e:
         _check_error(e)
+
+
+# -- verify OUT ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_out(vectors, tmp_path_factory) -> Path:
+    """A small valid OUT (verify accepts it) built with the project's own writers."""
+    from builder.measure.sev_hashes import KernelHashes
+    from builder.measure.snp import snp_matrix
+    from helpers import write_small_out
+    fw = (vectors / "snp/sev-snp-measure/ovmf_AmdSev_suffix.bin").read_bytes()
+    kernel, initrd, cmdline = b"K" * 4096, b"I" * 2048, "console=ttyS0"
+    entries = snp_matrix(fw, KernelHashes.of(kernel, initrd, cmdline), [1], ["EPYC-v4"],
+                         ["qemu"], [0x1])
+    return write_small_out(tmp_path_factory.mktemp("fuzz-out") / "out",
+                           {"firmware.fd": fw, "vmlinuz": kernel, "initrd.img": initrd,
+                            "cmdline.txt": cmdline.encode()}, {"snp": entries})
+
+
+def _verify(out: Path) -> int:
+    """`ccbuild verify OUT` in-process: the exit code; any exception but the CLI's own escapes."""
+    import contextlib
+    import io
+
+    from builder.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(["verify", str(out)])
+    assert rc in (0, 1, 2), rc
+    if rc:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("ccbuild: error: "), err.getvalue()
+    return rc
+
+
+def test_small_out_verifies(small_out):
+    assert _verify(small_out) == 0
+
+
+@FUZZ
+@given(st.sampled_from(["manifest.json", "measurements.json"]), st.data())
+def test_fuzz_verify_out(small_out, tmp_path_factory, name, data):
+    """Mutate manifest.json or measurements.json structurally (values, types, nesting) and run
+    verify: it accepts or fails with one line (never a traceback)."""
+    import json
+    import shutil
+    d = tmp_path_factory.mktemp("fuzz-verify") / "out"
+    shutil.copytree(small_out, d)
+    doc = json.loads((d / name).read_text())
+    muts = data.draw(_mutations(doc))
+    mutated = _mutated(doc, muts)
+    (d / name).write_text(json.dumps(mutated, allow_nan=True, ensure_ascii=False)
+                          .encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+    assert _verify(d) in (0, 1, 2)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_verify_out_bytes(small_out, tmp_path_factory, junk):
+    """Arbitrary bytes as measurements.json: verify fails with one line."""
+    import shutil
+    d = tmp_path_factory.mktemp("fuzz-verify") / "out"
+    shutil.copytree(small_out, d)
+    (d / "measurements.json").write_bytes(junk)
+    assert _verify(d) in (1, 2)

@@ -21,34 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, write_small_out as _write_out
 
-from builder.emit.manifest import dumps, make_manifest, sha256sums
+from builder.emit.manifest import dumps
 from builder.emit.signature import sign_manifest
 from builder.measure.sev_hashes import KernelHashes
 from builder.measure.snp import snp_matrix
 
 P384_PEM = serialization.Encoding.PEM
-
-
-def _write_out(d: Path, artifacts: dict[str, bytes], measurements: dict) -> Path:
-    files = dict(artifacts)
-    files["measurements.json"] = dumps(measurements)
-    manifest = make_manifest(
-        name="hostile", platform="snp", recipe_sha256="1" * 64, recipe_digest="2" * 64,
-        source_date_epoch=1735689600,
-        inputs=[{"role": "kernel", "kind": "path", "name": "vmlinuz", "version": "",
-                 "sha256": "3" * 64}],
-        outputs=files,
-        chain={"firmware": "4" * 64, "kernel": "5" * 64, "initrd": "6" * 64,
-               "cmdline": "7" * 64, "agent": "8" * 64},
-        build_key="9" * 64, boot={"readiness": "ready", "memory_mib": 512})
-    files["manifest.json"] = dumps(manifest)
-    files["SHA256SUMS"] = sha256sums(files)
-    d.mkdir(parents=True)
-    for n, b in files.items():
-        (d / n).write_bytes(b)
-    return d
 
 
 @pytest.fixture(scope="module")
