@@ -370,3 +370,11 @@ def test_a_hostile_recipe_leaves_the_directory_alone(tmp_path):
     o = _build(tmp_path, r)
     assert_one_line_error(o, (2,))
     assert tree_snapshot(tmp_path) == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    """The one-line contract is for users; --debug still shows developers the traceback."""
+    r = _recipe(tmp_path, BASE + _bomb())
+    o = run_cli(["--debug", "build", str(r), "--offline"], cwd=tmp_path,
+                env={"CCBUILD_CACHE": str(tmp_path / "store")})
+    assert o.rc != 0 and "Traceback" in o.stderr and "aliases" in o.stderr
