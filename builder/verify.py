@@ -720,7 +720,7 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
                      chain: bytes | None = None, vcek_what: str | None = None,
                      chain_what: str = "certificate chain") -> Verdict:
     from builder.formats.snp_report import parse_report
-    from builder.measure.policy import GuestPolicy
+    from builder.formats.snp_policy import GuestPolicy
     from builder.verify_snp import verify_snp_report
     out = load_out(out_path)
     v = Verdict(f"verify {out.path.name} against an SEV-SNP attestation report")

@@ -23,7 +23,7 @@ from builder.measure.idblock import (
     public_key_bytes,
     verify_id_auth,
 )
-from builder.measure.policy import KATA_DEFAULT_POLICY, GuestPolicy
+from builder.formats.snp_policy import KATA_DEFAULT_POLICY, GuestPolicy
 
 LD = bytes.fromhex("a14d638341e5674628fe1e02fbedebe5e5ab4faf1dd72d8966068e615bb99efd"
                    "13d214b35c231715b38e263dc6059745")

@@ -7,7 +7,7 @@ import json
 from builder.cli.common import int_arg, read_input
 from builder.errors import CCBuildError
 from builder.measure.idblock import IdBlockParams, load_private_key, make_id_block
-from builder.measure.policy import KATA_DEFAULT_POLICY, GuestPolicy
+from builder.formats.snp_policy import KATA_DEFAULT_POLICY, GuestPolicy
 
 
 def register(sub) -> None:

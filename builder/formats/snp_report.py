@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from builder.errors import FormatError
 from builder.formats.bytesreader import take, u8, u32, u64
-from builder.measure.policy import POLICY_FLAG_BITS
+from builder.formats.snp_policy import POLICY_FLAG_BITS
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
@@ -64,7 +64,7 @@ MSG_REPORT_RSP_HEADER = 0x20
 
 SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
 
-# GUEST_POLICY bit names (one table for the project: builder.measure.policy)
+# GUEST_POLICY bit names (one table for the project: builder.formats.snp_policy)
 POLICY_BITS = {bit: name.upper() for name, bit in POLICY_FLAG_BITS.items()} | {17: "RESERVED_1"}
 PLATFORM_INFO_BITS = {
     0: "SMT_EN", 1: "TSME_EN", 2: "ECC_EN", 3: "RAPL_DIS", 4: "CIPHERTEXT_HIDING_EN",

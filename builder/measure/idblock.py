@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from builder.errors import CCBuildError, CheckFailed
 from builder.keys import load_ec_private_key
-from builder.measure.policy import KATA_DEFAULT_POLICY, GuestPolicy
+from builder.formats.snp_policy import KATA_DEFAULT_POLICY, GuestPolicy
 
 ID_BLOCK_SIZE = 0x60
 ID_BLOCK_VERSION = 1
