@@ -466,10 +466,10 @@ def recompute_tdx_events(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline
 
 
 def replay_events(events: list[dict]) -> list[bytes]:
-    from builder.measure import rtmr as rtmr_mod
+    from builder.formats import tcg
     regs = []
     for i in range(4):
-        regs.append(rtmr_mod.replay(bytes.fromhex(e["digest"]) for e in events
+        regs.append(tcg.replay(bytes.fromhex(e["digest"]) for e in events
                                     if e["register"] == f"rtmr{i}"))
     return regs
 
@@ -805,13 +805,14 @@ def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | No
 
 # Event types whose digest the TCG PC Client spec / EDK2 define over the event data itself.
 def _digest_from_data(type_name: str, data: bytes) -> bytes | None:
+    from builder.formats.tcg import parse_uefi_variable_data
     from builder.measure import tdx_events as te
     if type_name in ("EV_SEPARATOR", "EV_EFI_ACTION", "EV_EFI_GPT_EVENT"):
         return te.sha384(data)
     if type_name in ("EV_EFI_VARIABLE_DRIVER_CONFIG", "EV_EFI_VARIABLE_AUTHORITY",
                      "EV_EFI_VARIABLE_BOOT"):
         try:
-            vendor, name, value = te.parse_uefi_variable_data(data)
+            vendor, name, value = parse_uefi_variable_data(data)
         except (ValueError, UnicodeDecodeError):
             return None
         if type_name == "EV_EFI_VARIABLE_BOOT":

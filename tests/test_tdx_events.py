@@ -8,10 +8,11 @@ import pytest
 
 from builder.formats.ccel import parse_event_log, replay
 from builder.formats import tcg as rtmr
+from builder.formats.tcg import parse_uefi_variable_data
 from builder.measure.tdx_events import (
     CALLING_EFI_APPLICATION, EXIT_BOOT_SERVICES_INVOCATION, EXIT_BOOT_SERVICES_SUCCEEDED,
     EventType, efi_action_digest, kernel_load_options, ovmf_uiapp_boot_option,
-    parse_uefi_variable_data, separator_digest, variable_authority_digest, variable_boot_digest,
+    separator_digest, variable_authority_digest, variable_boot_digest,
     variable_driver_config_digest)
 
 

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 
 from builder.formats.tcg import EventType, uefi_variable_data
-from builder.formats.tcg import parse_uefi_variable_data  # noqa: F401  (builder.verify reads it here)
 
 
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
