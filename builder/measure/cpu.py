@@ -101,3 +101,43 @@ def supported_vcpu_types() -> list[str]:
         names.append(base)
         names.extend(f"{base}-v{i}" for i in range(1, versions + 1))
     return names + list(_ALIASES)
+
+
+# Real EPYC parts an SEV-SNP host runs on: with ``-cpu host`` the guest's CPUID(1).EAX, hence the
+# VMSA's RDX, is the part's own family/model/stepping. Source: the server family 19h/1Ah
+# signatures AMD ships microcode for, as listed by Linux arch/x86/kernel/cpu/microcode/amd.c (the
+# Entrysign minimum-revision table, ``cur_rev >> 8`` = ext family, ext model, model, stepping;
+# e.g. 0xa0011 -> family 0x19 model 0x01 stepping 1; 0xb1010 -> family 0x1a model 0x11 stepping 0),
+# named by the codename of the model range and the stepping number. Rome and Naples (family 17h)
+# do not support SEV-SNP; their signatures are those of the QEMU models EPYC and EPYC-Rome above.
+# Client and workstation parts (Ryzen, Threadripper, EPYC 4004/4005 on AM5) are left out: they
+# have no SEV-SNP.
+REAL_EPYC_PARTS: dict[str, CpuId] = {
+    "Milan stepping 0": CpuId(0x19, 0x01, 0),
+    "Milan stepping 1": CpuId(0x19, 0x01, 1),
+    "Milan stepping 2 (Milan-X)": CpuId(0x19, 0x01, 2),
+    "Genoa stepping 1": CpuId(0x19, 0x11, 1),
+    "Genoa stepping 2 (Genoa-X)": CpuId(0x19, 0x11, 2),
+    "Bergamo/Siena stepping 1": CpuId(0x19, 0xA0, 1),
+    "Bergamo/Siena stepping 2": CpuId(0x19, 0xA0, 2),
+    "Turin stepping 1": CpuId(0x1A, 0x02, 1),
+    "Turin Dense stepping 0": CpuId(0x1A, 0x11, 0),
+}
+
+
+def known_signatures() -> list[int]:
+    """Every CPUID(1).EAX signature ccbuild knows, each once: the QEMU EPYC models in table order,
+    then the real parts (``-cpu host``) not already listed."""
+    sigs: list[int] = []
+    for cpuid in [c for c, _ in QEMU_EPYC_MODELS.values()] + list(REAL_EPYC_PARTS.values()):
+        if cpuid.signature not in sigs:
+            sigs.append(cpuid.signature)
+    return sigs
+
+
+def signature_names(sig: int) -> tuple[str, ...]:
+    """What launches with ``sig``: the QEMU models (any -vN version) and the real parts under
+    ``-cpu host`` (written ``host:<part>``). Empty for a signature ccbuild does not know."""
+    names = [name for name, (c, _) in QEMU_EPYC_MODELS.items() if c.signature == sig]
+    names += [f"host:{part}" for part, c in REAL_EPYC_PARTS.items() if c.signature == sig]
+    return tuple(names)

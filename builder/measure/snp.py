@@ -92,9 +92,20 @@ class SnpMeasurement:
     transcript: tuple[PageOp, ...] = field(default=())
 
 
+def page_info_suffix(page_type: PageType, gpa: int, contents: bytes = _ZERO_LD) -> bytes:
+    """PAGE_INFO without its leading DIGEST_CUR: ``CONTENTS | LENGTH .. GPA`` (0x40 bytes).
+    One step of the chain is ``SHA-384(DIGEST_CUR + suffix)``."""
+    return contents + _TAIL.pack(PAGE_INFO_LENGTH, page_type, 0, 0, 0, 0, 0, gpa)
+
+
 def page_info_digest(ld: bytes, page_type: PageType, gpa: int, contents: bytes = _ZERO_LD) -> bytes:
     """One step of the chain: SHA-384 of the PAGE_INFO built from the current digest."""
-    return _sha384(ld + contents + _TAIL.pack(PAGE_INFO_LENGTH, page_type, 0, 0, 0, 0, 0, gpa)).digest()
+    return _sha384(ld + page_info_suffix(page_type, gpa, contents)).digest()
+
+
+def vmsa_suffix(page_digest: bytes) -> bytes:
+    """The PAGE_INFO suffix of one VMSA page update (the page's SHA-384 at VMSA_GPA)."""
+    return page_info_suffix(PageType.VMSA, VMSA_GPA, page_digest)
 
 
 class _Gctx:
@@ -116,19 +127,17 @@ class _Gctx:
 
     def normal_pages(self, gpa: int, data: bytes, section: str) -> None:
         mv = memoryview(data)
-        ld, pack, sha = self.ld, _TAIL.pack, _sha384
+        ld, suffix, sha = self.ld, page_info_suffix, _sha384
         for off in range(0, len(mv), PAGE_SIZE):
-            contents = sha(mv[off:off + PAGE_SIZE]).digest()
-            ld = sha(ld + contents + pack(PAGE_INFO_LENGTH, PageType.NORMAL, 0, 0, 0, 0, 0,
-                                          gpa + off)).digest()
+            ld = sha(ld + suffix(PageType.NORMAL, gpa + off,
+                                 sha(mv[off:off + PAGE_SIZE]).digest())).digest()
         self.ld = ld
         self._record(PageType.NORMAL, gpa, len(mv) // PAGE_SIZE, section)
 
     def blank_pages(self, ptype: PageType, gpa: int, pages: int, section: str) -> None:
-        ld, pack, sha = self.ld, _TAIL.pack, _sha384
+        ld, suffix, sha = self.ld, page_info_suffix, _sha384
         for i in range(pages):
-            ld = sha(ld + _ZERO_LD + pack(PAGE_INFO_LENGTH, ptype, 0, 0, 0, 0, 0,
-                                          gpa + i * PAGE_SIZE)).digest()
+            ld = sha(ld + suffix(ptype, gpa + i * PAGE_SIZE)).digest()
         self.ld = ld
         self._record(ptype, gpa, pages, section)
 
@@ -147,7 +156,7 @@ def ovmf_hash(fw: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class _Firmware:
+class SnpFirmware:
     """What the launch needs from the image, checked once."""
 
     meta: SevMetadata
@@ -156,7 +165,9 @@ class _Firmware:
     gpa: int
 
 
-def _inspect(fw: bytes) -> _Firmware:
+def inspect_firmware(fw: bytes) -> SnpFirmware:
+    """What a launch needs from ``fw`` (SEV metadata, AP reset vector, hashes-table gpa), checked:
+    a firmware no SEV-SNP guest can launch from, or that QEMU could not fill, is refused."""
     meta = parse_sev_metadata(fw)
     if meta is None:
         raise CCBuildError("firmware has no SEV metadata, so no SEV-SNP guest can launch from it "
@@ -177,10 +188,10 @@ def _inspect(fw: bytes) -> _Firmware:
             raise CCBuildError(f"SEV hashes table area is {loc.size} bytes, smaller than the "
                                f"{PADDED_TABLE_SIZE}-byte table")
         table_gpa = loc.gpa
-    return _Firmware(meta, sev_es_reset_eip(fw), table_gpa, firmware_gpa(fw))
+    return SnpFirmware(meta, sev_es_reset_eip(fw), table_gpa, firmware_gpa(fw))
 
 
-def _check(fwi: _Firmware, p: SnpParams) -> None:
+def check_params(fwi: SnpFirmware, p: SnpParams) -> None:
     if not 1 <= p.vcpus <= MAX_VCPUS:
         raise CCBuildError(f"{p.vcpus} vCPUs is out of range", hint=f"1..{MAX_VCPUS}")
     if p.vcpus > 1 and fwi.ap_eip is None:
@@ -196,7 +207,7 @@ def _check(fwi: _Firmware, p: SnpParams) -> None:
         raise CCBuildError(f"ovmf hash has {len(p.ovmf_hash)} bytes, expected {LD_SIZE}")
 
 
-def _section(g: _Gctx, s: SevSection, fwi: _Firmware, vmm: Vmm,
+def _section(g: _Gctx, s: SevSection, fwi: SnpFirmware, vmm: Vmm,
              hashes: KernelHashes | None) -> None:
     name = s.type.name
     if s.type in (SectionType.SNP_SEC_MEM, SectionType.SVSM_CAA):
@@ -215,7 +226,7 @@ def _section(g: _Gctx, s: SevSection, fwi: _Firmware, vmm: Vmm,
             g.normal_pages(s.gpa, hashes.page(fwi.table_gpa & (PAGE_SIZE - 1)), name)
 
 
-def _metadata(g: _Gctx, fwi: _Firmware, vmm: Vmm, hashes: KernelHashes | None) -> None:
+def _metadata(g: _Gctx, fwi: SnpFirmware, vmm: Vmm, hashes: KernelHashes | None) -> None:
     for s in fwi.meta.sections:
         _section(g, s, fwi, vmm, hashes)
     if vmm is Vmm.EC2:
@@ -223,7 +234,16 @@ def _metadata(g: _Gctx, fwi: _Firmware, vmm: Vmm, hashes: KernelHashes | None) -
             g.blank_pages(PageType.CPUID, s.gpa, 1, s.type.name)
 
 
-def _vmsa_digests(fwi: _Firmware, vmm: Vmm, sig: int, features: int) -> tuple[bytes, bytes | None]:
+def metadata_prefix(fwi: SnpFirmware, fw_ld: bytes, vmm: Vmm, hashes: KernelHashes | None) -> bytes:
+    """The chain after the firmware pages (``fw_ld``, see :func:`ovmf_hash`) and every metadata
+    page as ``vmm`` adds them: what all vCPU counts, CPU types and guest features extend."""
+    g = _Gctx(fw_ld)
+    _metadata(g, fwi, vmm, hashes)
+    return g.ld
+
+
+def vmsa_digests(fwi: SnpFirmware, vmm: Vmm, sig: int, features: int) -> tuple[bytes, bytes | None]:
+    """SHA-384 of the BSP's and of an AP's VMSA page (None without an AP reset vector)."""
     bsp = _sha384(vmsa_page(VmsaParams(BSP_EIP, features, sig, vmm))).digest()
     ap = None
     if fwi.ap_eip is not None:
@@ -235,8 +255,8 @@ def _vmsa_digests(fwi: _Firmware, vmm: Vmm, sig: int, features: int) -> tuple[by
 
 def measure(fw: bytes, p: SnpParams) -> SnpMeasurement:
     """The launch digest of ``fw`` under ``p``, with the transcript of page operations."""
-    fwi = _inspect(fw)
-    _check(fwi, p)
+    fwi = inspect_firmware(fw)
+    check_params(fwi, p)
     vmm = Vmm(p.vmm)
     if p.ovmf_hash is not None:
         g = _Gctx(p.ovmf_hash)
@@ -246,7 +266,7 @@ def measure(fw: bytes, p: SnpParams) -> SnpMeasurement:
         g = _Gctx()
         g.normal_pages(fwi.gpa, fw, "firmware")
     _metadata(g, fwi, vmm, p.kernel_hashes)
-    bsp, ap = _vmsa_digests(fwi, vmm, p.vcpu_sig, p.guest_features)
+    bsp, ap = vmsa_digests(fwi, vmm, p.vcpu_sig, p.guest_features)
     g.vmsa(bsp, "vmsa-bsp")
     for _ in range(p.vcpus - 1):
         g.vmsa(ap, "vmsa-ap")
@@ -260,7 +280,7 @@ def launch_digest(fw: bytes, p: SnpParams) -> bytes:
 def measure_firmware_only(fw: bytes) -> SnpMeasurement:
     """Mode ``snp:ovmf-hash``: the digest after the firmware pages, for a firmware that an SNP
     guest can launch from (refused without SEV metadata)."""
-    fwi = _inspect(fw)
+    fwi = inspect_firmware(fw)
     g = _Gctx()
     g.normal_pages(fwi.gpa, fw, "firmware")
     return SnpMeasurement(g.ld, tuple(g.ops))
@@ -278,7 +298,7 @@ def snp_matrix(fw: bytes, hashes: KernelHashes | None, vcpus: list[int], vcpu_ty
     The firmware pages are hashed once, the metadata once per VMM, each distinct VMSA page once,
     and each vCPU count extends the chain of the previous one (VMSAs that do not depend on the
     CPU type, as on EC2 and GCE, share one chain)."""
-    fwi = _inspect(fw)
+    fwi = inspect_firmware(fw)
     counts = sorted(set(vcpus))
     types = [resolve_vcpu_type(t) for t in vcpu_types]
     vmm_list = [Vmm.parse(v) if isinstance(v, str) else Vmm(v) for v in vmms]
@@ -286,19 +306,17 @@ def snp_matrix(fw: bytes, hashes: KernelHashes | None, vcpus: list[int], vcpu_ty
         raise CCBuildError("the SNP matrix needs at least one vCPU count, vCPU type, VMM and "
                            "guest-features value")
     for gf in guest_features:
-        _check(fwi, SnpParams(counts[-1], types[0].signature, vmm_list[0], gf, hashes))
-    _check(fwi, SnpParams(counts[0], types[0].signature, vmm_list[0], guest_features[0], hashes))
+        check_params(fwi, SnpParams(counts[-1], types[0].signature, vmm_list[0], gf, hashes))
+    check_params(fwi, SnpParams(counts[0], types[0].signature, vmm_list[0], guest_features[0], hashes))
 
     fw_ld = ovmf_hash(fw)
     chains: dict[tuple, dict[int, bytes]] = {}
     out: list[dict] = []
     for vmm in vmm_list:
-        g = _Gctx(fw_ld)
-        _metadata(g, fwi, vmm, hashes)
-        prefix = g.ld
+        prefix = metadata_prefix(fwi, fw_ld, vmm, hashes)
         for t in types:
             for gf in guest_features:
-                bsp, ap = _vmsa_digests(fwi, vmm, t.signature, gf)
+                bsp, ap = vmsa_digests(fwi, vmm, t.signature, gf)
                 key = (vmm, bsp, ap)
                 if key not in chains:
                     chains[key] = _extend(prefix, bsp, ap, counts)
@@ -312,11 +330,10 @@ def snp_matrix(fw: bytes, hashes: KernelHashes | None, vcpus: list[int], vcpu_ty
 
 def _extend(prefix: bytes, bsp: bytes, ap: bytes | None, counts: list[int]) -> dict[int, bytes]:
     wanted = set(counts)
-    tail = _TAIL.pack(PAGE_INFO_LENGTH, PageType.VMSA, 0, 0, 0, 0, 0, VMSA_GPA)
-    ld = _sha384(prefix + bsp + tail).digest()
+    ld = _sha384(prefix + vmsa_suffix(bsp)).digest()
     found = {1: ld} if 1 in wanted else {}
     if counts[-1] > 1:
-        ap_tail = ap + tail
+        ap_tail = vmsa_suffix(ap)
         for n in range(2, counts[-1] + 1):
             ld = _sha384(ld + ap_tail).digest()
             if n in wanted:
