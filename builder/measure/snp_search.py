@@ -307,8 +307,8 @@ def search(fw: bytes, variants: tuple[HashesVariant, ...] | list[HashesVariant],
 
     ``ovmf_digest``: the firmware-only digest (mode snp:ovmf-hash) when ``fw`` stands only for the
     SEV metadata layout of the firmware launched. ``workers``: processes to walk the chains on
-    (None: the CPUs available, at most 2 are used by default callers); the result does not depend
-    on it. Raises CCBuildError for a firmware no SNP guest can launch from, a target that is not
+    (None: os.cpu_count()); the result does not depend on it (the first hit in search order wins),
+    and 1 (default) is as fast as 2 on a machine whose other core is busy. Raises CCBuildError for a firmware no SNP guest can launch from, a target that is not
     48 bytes, or an empty axis."""
     if len(target) != LD_SIZE:
         raise CCBuildError(f"MEASUREMENT has {len(target)} bytes, expected {LD_SIZE}")
