@@ -854,13 +854,14 @@ def check_event_data(events: list[dict]) -> list[Check]:
 
 def check_tdx_quote(out_path: str | Path, quote_bytes: bytes,
                     ccel_table: bytes | None = None, ccel_data: bytes | None = None) -> Verdict:
-    from builder.formats import ccel, tdx_quote
+    from builder.formats import ccel, evidence, tdx_quote
     out = load_out(out_path)
     v = Verdict(f"verify {out.path.name} against TDX evidence")
-    if tdx_quote.looks_like_quote(quote_bytes):
+    kind = evidence.detect(quote_bytes)
+    if kind == "tdx-quote":
         body = tdx_quote.parse_quote(quote_bytes).body
         v.add(Check("evidence", INFO, "TDX quote (its PCK signature is not verified here)"))
-    elif tdx_quote.looks_like_tdreport(quote_bytes):
+    elif kind == "tdreport":
         body = tdx_quote.parse_tdreport(quote_bytes).measurements
         v.add(Check("evidence", INFO, "TDREPORT (unsigned)"))
     else:

@@ -13,17 +13,15 @@ from dataclasses import dataclass
 
 from builder.cli.common import read_input
 from builder.errors import CCBuildError
-from builder.formats import ccel, snp_report, tdx_quote
-from builder.formats.tcg import EventType
+from builder.formats import ccel, evidence, snp_report, tdx_quote
 from builder.inputs import LIMITS
 
-KINDS = ("ccel-table", "ccel-log", "tdx-quote", "tdreport", "snp-report")
 EVIDENCE_LIMIT = max(LIMITS[k] for k in ("report", "quote", "acpi table", "event log"))
 
 
 @dataclass(frozen=True)
 class Evidence:
-    kind: str        # one of KINDS
+    kind: str        # one of builder.formats.evidence.KINDS
     value: object    # the parsed structure
 
     def to_json(self) -> dict:
@@ -45,23 +43,12 @@ class Evidence:
         return snp_report.format_report(self.value)
 
 
-def _looks_like_event_log(data: bytes) -> bool:
-    return (len(data) >= 48 and data[4:8] == EventType.EV_NO_ACTION.to_bytes(4, "little")
-            and data[32:32 + len(ccel.SPEC_ID_SIGNATURE)] == ccel.SPEC_ID_SIGNATURE)
-
-
 def identify(data: bytes, name: str = "input") -> Evidence:
-    """Recognise and parse one piece of evidence. Raises CCBuildError when it is none of them."""
-    if data[:4] == ccel.CCEL_SIGNATURE:
-        return Evidence("ccel-table", ccel.parse_ccel_table(data))
-    if _looks_like_event_log(data):
-        return Evidence("ccel-log", ccel.parse_event_log(data))
-    if tdx_quote.looks_like_quote(data):
-        return Evidence("tdx-quote", tdx_quote.parse_quote(data))
-    if tdx_quote.looks_like_tdreport(data):
-        return Evidence("tdreport", tdx_quote.parse_tdreport(data))
-    if snp_report.looks_like_report(data):
-        return Evidence("snp-report", snp_report.parse_report(data))
+    """Recognise (:func:`builder.formats.evidence.detect`) and parse one piece of evidence.
+    Raises CCBuildError when it is none of them."""
+    kind = evidence.detect(data)
+    if kind is not None:
+        return Evidence(kind, evidence.parse(kind, data))
     raise CCBuildError(f"cannot tell what {name} is ({len(data)} bytes)",
                        hint="expected an SEV-SNP report (0x4A0 bytes or hex), a TDX quote v4/v5, "
                             "a TDREPORT (1024 bytes), a CCEL ACPI table or a CC event log")

@@ -10,7 +10,7 @@ from builder.cli.common import hash_input, int_arg, read_input, shown, text_arg
 from builder.errors import CCBuildError
 from builder.measure.cpu import (
     BASE_FAMILY_MAX, cpu_signature, decode_signature, supported_vcpu_types, vcpu_type)
-from builder.measure.sev_hashes import KernelHashes
+from builder.measure.sev_hashes import KernelHashes, measured_cmdline
 from builder.measure.snp import LD_SIZE, MAX_VCPUS, SnpParams, measure, measure_firmware_only
 from builder.measure.vmsa import Vmm
 
@@ -138,8 +138,8 @@ def run(args) -> int:
                    "initrd": (None if initrd is None
                               else {"sha256": initrd[0].hex(), "size": initrd[1]}),
                    "append": append,
-                   "cmdline_sha256": (hashlib.sha256((append or "").encode() + b"\0")
-                                      .hexdigest() if kernel is not None else None)},
+                   "cmdline_sha256": (hashlib.sha256(measured_cmdline(append)).hexdigest()
+                                      if kernel is not None else None)},
         "parameters": params_record,
         "transcript": [op.as_dict() for op in result.transcript],
     }

@@ -26,6 +26,12 @@ PADDED_TABLE_SIZE = (TABLE_SIZE + 15) & ~15  # 176
 PAGE_SIZE = 4096
 
 
+def measured_cmdline(append: str | None) -> bytes:
+    """The command-line bytes the table hashes: the UTF-8 of ``-append`` plus its trailing NUL
+    (no -append: one NUL byte)."""
+    return (append or "").encode() + b"\0"
+
+
 @dataclass(frozen=True)
 class KernelHashes:
     """SHA-256 digests of what QEMU direct-boots: kernel file, initrd file, command line."""
@@ -39,19 +45,17 @@ class KernelHashes:
            append: str | None = None) -> "KernelHashes":
         """Hash the raw kernel and initrd bytes and the command line plus its trailing NUL
         (no initrd: SHA-256 of nothing; no -append: SHA-256 of one NUL byte)."""
-        cmdline = (append or "").encode() + b"\0"
         return cls(hashlib.sha256(kernel).digest(), hashlib.sha256(initrd or b"").digest(),
-                   hashlib.sha256(cmdline).digest())
+                   hashlib.sha256(measured_cmdline(append)).digest())
 
     @classmethod
     def of_digests(cls, kernel_sha256: bytes, initrd_sha256: bytes | None = None,
                    append: str | None = None) -> "KernelHashes":
         """Like :meth:`of`, from the SHA-256 of the kernel and of the initrd (streamed by the
         caller: an initrd may be larger than what fits in memory)."""
-        cmdline = (append or "").encode() + b"\0"
         return cls(kernel_sha256,
                    hashlib.sha256(b"").digest() if initrd_sha256 is None else initrd_sha256,
-                   hashlib.sha256(cmdline).digest())
+                   hashlib.sha256(measured_cmdline(append)).digest())
 
     def table(self) -> bytes:
         """The padded table (176 bytes)."""
