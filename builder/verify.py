@@ -390,26 +390,10 @@ def _snp_item(e: dict) -> str:
 
 
 def tdx_params_from_record(rec: dict):
-    """TdxParams from the ``profile`` record of measurements.json (the knobs that depend on no
-    VMM blob: the ACPI tables and declared extra events are not in OUT, their digests are taken
-    from the recorded event log)."""
+    """TdxParams from the ``profile`` record of a measurements.json ``tdx`` record
+    (:meth:`builder.measure.tdx.TdxParams.from_record`)."""
     from builder.measure.tdx import TdxParams
-    from builder.measure.tdx_mrtd import PageAddOrder
-    prof = rec.get("profile") or {}
-    need = ("page_add_order", "memory", "qemu_setup_header_patch", "acpi_data_size",
-            "load_options_initrd_first", "secure_boot_feature", "boot_order", "boot_options")
-    missing = [k for k in need if k not in prof]
-    if missing:
-        raise CheckFailed(f"measurements.json tdx.profile lacks {', '.join(missing)}",
-                          hint="rebuild with this ccbuild version, which records every knob")
-    options = tuple((int(k[4:], 16), bytes.fromhex(v)) for k, v in prof["boot_options"].items())
-    return TdxParams(page_add_order=PageAddOrder(prof["page_add_order"]), memory=prof["memory"],
-                     qemu_setup_header_patch=prof["qemu_setup_header_patch"],
-                     acpi_data_size=prof["acpi_data_size"],
-                     load_options_initrd_first=prof["load_options_initrd_first"],
-                     secure_boot_feature=prof["secure_boot_feature"],
-                     boot_order=tuple(prof["boot_order"]), boot_options=options,
-                     profile=prof.get("name"))
+    return TdxParams.from_record(rec.get("profile") or {})
 
 
 def _event_dict(e) -> dict:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
-from builder.errors import CCBuildError
+from builder.errors import CCBuildError, CheckFailed
 from builder.formats.pe import authenticode_digest
 from builder.formats.tdvf import SectionType, TdvfMetadata, parse_tdvf_metadata
 from builder.formats.varstore import parse_varstore
@@ -41,26 +41,89 @@ ACPI_BLOB_NAMES = ("etc/table-loader", "etc/acpi/rsdp", "etc/acpi/tables")
 SECURE_BOOT_ENABLE_GUID = uuid.UUID("f0a30bc7-af08-4556-99c4-001009c93a44")
 
 
+def _same(v):
+    return v
+
+
+def _recorded(encode=_same, decode=_same, key: str | None = None, required: bool = True) -> dict:
+    """Field metadata: the knob goes into the ``profile`` record of measurements.json (under
+    ``key``, default its name) through ``encode``, and comes back through ``decode`` (None: recorded
+    for the reader only, OUT cannot restore it). ``required``: a record without it is refused."""
+    return {"record": (key, encode, decode, required)}
+
+
+def _encode_boot_options(options: tuple[tuple[int, bytes], ...]) -> dict[str, str]:
+    return {f"Boot{n:04X}": d.hex() for n, d in options}
+
+
+def _decode_boot_options(rec: dict[str, str]) -> tuple[tuple[int, bytes], ...]:
+    return tuple((int(k[4:], 16), bytes.fromhex(v)) for k, v in rec.items())
+
+
 @dataclass(frozen=True)
 class TdxParams:
     """Every version-dependent choice, named. Defaults: upstream KVM + QEMU >= 10.1, EDK2 >=
-    stable202508, no VMM profile (RTMR0 unknown)."""
+    stable202508, no VMM profile (RTMR0 unknown).
 
-    page_add_order: PageAddOrder = PageAddOrder.INTERLEAVED
-    memory: int = 2 << 30
-    qemu_setup_header_patch: bool = False
-    acpi_data_size: int = QEMU_ACPI_DATA_SIZE
-    load_options_initrd_first: bool = True
-    secure_boot_feature: bool = True
-    # RTMR0 needs the VMM's ACPI blobs (table-loader, rsdp, tables, in measuring order).
-    acpi_blobs: tuple[bytes, ...] | None = None
-    boot_order: tuple[int, ...] = (0,)
-    boot_options: tuple[tuple[int, bytes], ...] = ((0, ovmf_uiapp_boot_option()),)
+    The knobs marked ``_recorded`` are the ``tdx.profile`` record of measurements.json
+    (:meth:`to_record`), enough for ``ccbuild verify`` to recompute every artifact-derived event
+    from OUT (:meth:`from_record`); a new knob is declared here once (and in the profile schema,
+    builder.measure.tdx_profile, when a profile can set it)."""
+
+    page_add_order: PageAddOrder = field(default=PageAddOrder.INTERLEAVED, metadata=_recorded(
+        lambda v: v.value, PageAddOrder))
+    memory: int = field(default=2 << 30, metadata=_recorded())
+    qemu_setup_header_patch: bool = field(default=False, metadata=_recorded())
+    acpi_data_size: int = field(default=QEMU_ACPI_DATA_SIZE, metadata=_recorded())
+    load_options_initrd_first: bool = field(default=True, metadata=_recorded())
+    secure_boot_feature: bool = field(default=True, metadata=_recorded())
+    # RTMR0 needs the VMM's ACPI blobs (table-loader, rsdp, tables, in measuring order); the
+    # record says only whether they were given (their digests are in the event log).
+    acpi_blobs: tuple[bytes, ...] | None = field(default=None, metadata=_recorded(
+        lambda v: v is not None, None))
+    boot_order: tuple[int, ...] = field(default=(0,), metadata=_recorded(list, tuple))
+    boot_options: tuple[tuple[int, bytes], ...] = field(
+        default=((0, ovmf_uiapp_boot_option()),),
+        metadata=_recorded(_encode_boot_options, _decode_boot_options))
     extra_rtmr0_events: tuple[Event, ...] = ()
     runtime_events: tuple[Event, ...] = ()
-    profile: str | None = None
+    profile: str | None = field(default=None, metadata=_recorded(key="name", required=False))
     rtmr0_missing: str = "no VMM profile given"
-    knobs: tuple[tuple[str, object], ...] = field(default=(), compare=False)
+
+    @classmethod
+    def recorded_knobs(cls) -> tuple[str, ...]:
+        """The names of the fields the record carries, in field order."""
+        return tuple(f.name for f in fields(cls) if "record" in f.metadata)
+
+    def to_record(self) -> dict:
+        """The measurements.json ``tdx.profile`` record: the profile name first, then every
+        recorded knob with the value used (the recipe may override the profile's memory)."""
+        out: dict = {}
+        for f in fields(self):
+            if "record" in f.metadata:
+                key, encode, _, _ = f.metadata["record"]
+                out[key or f.name] = encode(getattr(self, f.name))
+        return {"name": out.pop("name"), **out}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "TdxParams":
+        """TdxParams from a ``tdx.profile`` record (the knobs that depend on no VMM blob: the
+        ACPI tables and declared extra events are not in OUT, their digests are taken from the
+        recorded event log). CheckFailed names the knobs the record lacks."""
+        knobs = [f for f in fields(cls) if "record" in f.metadata
+                 and f.metadata["record"][2] is not None]
+        missing = [f.name for f in knobs if f.metadata["record"][3]
+                   and (f.metadata["record"][0] or f.name) not in rec]
+        if missing:
+            raise CheckFailed(f"measurements.json tdx.profile lacks {', '.join(missing)}",
+                              hint="rebuild with this ccbuild version, which records every knob")
+        kwargs = {}
+        for f in knobs:
+            key, _, decode, _ = f.metadata["record"]
+            key = key or f.name
+            if key in rec:
+                kwargs[f.name] = decode(rec[key])
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -201,18 +264,7 @@ def result_to_dict(r: TdxResult, params: TdxParams) -> dict:
         out[f"rtmr{i}"] = _hex(v)
         if f"rtmr{i}_reason" in r.reasons:
             out[f"rtmr{i}_reason"] = r.reasons[f"rtmr{i}_reason"]
-    out["profile"] = {"name": params.profile, "page_add_order": params.page_add_order.value,
-                      **{k: v for k, v in params.knobs},
-                      # the values used (the recipe may override the profile's memory), enough
-                      # for `ccbuild verify` to recompute every artifact-derived event from OUT
-                      "memory": params.memory,
-                      "qemu_setup_header_patch": params.qemu_setup_header_patch,
-                      "acpi_data_size": params.acpi_data_size,
-                      "load_options_initrd_first": params.load_options_initrd_first,
-                      "secure_boot_feature": params.secure_boot_feature,
-                      "acpi_blobs": params.acpi_blobs is not None,
-                      "boot_order": list(params.boot_order),
-                      "boot_options": {f"Boot{n:04X}": d.hex() for n, d in params.boot_options}}
+    out["profile"] = params.to_record()
     out["events"] = [e.to_json() for e in r.events]
     out["mrtd_sections"] = r.summary
     return out

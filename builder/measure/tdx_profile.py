@@ -167,12 +167,13 @@ def load_profile(path: Path | str) -> TdxParams:
     text = read_regular(path, "profile", str(path))
     prof = parse_profile(text, path)
     ctx = Ctx(str(path), error=ProfileError)
-    params: dict = {"profile": prof.name, "page_add_order": PageAddOrder(prof.page_add_order)}
+    # The recorded knobs the profile names alike are taken as they are; the others converted below.
+    params: dict = {k: getattr(prof, k) for k in TdxParams.recorded_knobs()
+                    if k in TdxProfile.__dataclass_fields__}
+    params["profile"] = prof.name
+    params["page_add_order"] = PageAddOrder(prof.page_add_order)
     params["memory"] = memory_bytes(ctx, prof.memory)
-    params["qemu_setup_header_patch"] = prof.qemu_setup_header_patch
-    params["load_options_initrd_first"] = prof.load_options_initrd_first
-    params["secure_boot_feature"] = prof.secure_boot_feature
-    params["acpi_data_size"] = prof.acpi_data_size
+    params.pop("acpi_blobs", None)
     if prof.acpi_blobs is None:
         params["rtmr0_missing"] = (f"profile {prof.name} gives no acpi_blobs (QEMU's "
                                    "etc/table-loader, etc/acpi/rsdp, etc/acpi/tables for this "
@@ -180,7 +181,6 @@ def load_profile(path: Path | str) -> TdxParams:
     else:
         params["acpi_blobs"] = tuple(_data_file(ctx, path, f"acpi_blobs[{i}]", b)
                                      for i, b in enumerate(prof.acpi_blobs))
-    params["boot_order"] = prof.boot_order
     params["boot_options"] = tuple(
         (int(k[4:], 16), ovmf_uiapp_boot_option() if v == "uiapp" else bytes.fromhex(v))
         for k, v in prof.boot_options.items())
@@ -189,11 +189,6 @@ def load_profile(path: Path | str) -> TdxParams:
                                            EventType.EV_PLATFORM_CONFIG_FLAGS)
     params["runtime_events"] = _events(ctx, path, "runtime_events", prof.runtime_events, 3,
                                        EventType.EV_EVENT_TAG)
-    params["knobs"] = (("memory", params["memory"]),
-                       ("qemu_setup_header_patch", params["qemu_setup_header_patch"]),
-                       ("load_options_initrd_first", params["load_options_initrd_first"]),
-                       ("secure_boot_feature", params["secure_boot_feature"]),
-                       ("acpi_blobs", prof.acpi_blobs is not None))
     return TdxParams(**params)
 
 
