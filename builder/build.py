@@ -8,8 +8,8 @@ finds OUT identical and leaves it alone.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,12 +18,20 @@ from builder import __version__, log
 from builder.emit import BuildView, run_emitters
 from builder.emit.manifest import dumps, make_manifest, sha256sums
 from builder.emit.outdir import check_out, write_outdir
+from builder.emit.signature import SIGNATURE_NAME, sign_manifest_file
+from builder.measurements import measure_recipe
 from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
+from builder.stages import agent as ag
+from builder.stages import firmware as fws
+from builder.stages import initrd as ini
+from builder.stages import rootfs as rfs
 from builder.stages import tree
+from builder.stages.chain import check_chain
+from builder.stages.cmdline import check_template, render_cmdline
+from builder.stages.kernel import check_kernel_for_platform, inspect_kernel
+from builder.stages.kernel_build import build_for_recipe
 from builder.store import Store
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -74,26 +82,23 @@ class _Ctx:
 
 # -- stages --------------------------------------------------------------------------------------
 def _firmware(c: _Ctx) -> bytes:
-    from builder.stages import firmware as fws
     fw = c.lr.recipe.firmware
-    if fw.source is not None:
+    if fw.source is not None:   # a prebuilt image: one OVMF/TDVF image for the platform
         data = c.add(resolve(fw.source, c.opts, "firmware.source"), "firmware").data
-    else:
-        desc = fws.load_descriptor(c.lr.resolve(fw.build), display=fw.build)
-        for name, digest in sorted(desc.source.files.items()):
-            c.inputs.append({"role": "firmware-source", "kind": "debian-source",
-                             "name": name, "version": desc.source.version, "sha256": digest})
-        data = fws.build_cached(c.store, desc, jobs=c.jobs, offline=c.opts.offline)
-        c.inputs.append({"role": "firmware", "kind": "build", "name": desc.name,
-                         "version": desc.dsc, "sha256": hashlib.sha256(data).hexdigest()})
+        return fws.prebuilt_firmware(c.lr.recipe.platform, data, where="firmware")
+    desc = fws.load_descriptor(c.lr.resolve(fw.build), display=fw.build)
+    for name, digest in sorted(desc.source.files.items()):
+        c.inputs.append({"role": "firmware-source", "kind": "debian-source",
+                         "name": name, "version": desc.source.version, "sha256": digest})
+    data = fws.build_cached(c.store, desc, jobs=c.jobs, offline=c.opts.offline)
+    c.inputs.append({"role": "firmware", "kind": "build", "name": desc.name,
+                     "version": desc.dsc, "sha256": hashlib.sha256(data).hexdigest()})
     fws.check_firmware(c.lr.recipe.platform, data, where="firmware")
     return data
 
 
 def _kernel(c: _Ctx) -> bytes:
-    from builder.stages.kernel import check_kernel_for_platform, inspect_kernel
     if c.lr.recipe.kernel.build is not None:
-        from builder.stages.kernel_build import build_for_recipe
         data, records = build_for_recipe(c.lr, c.store, c.opts, c.jobs)
         c.inputs.extend(records)
         where = "kernel.build"
@@ -106,28 +111,11 @@ def _kernel(c: _Ctx) -> bytes:
 
 
 def _agent(c: _Ctx) -> bytes:
-    from builder.stages import agent as ag
     a = c.lr.recipe.agent
     if a.source is not None:
         r = c.add(resolve(a.source, c.opts, "agent.source"), "agent")
         return ag.pinned_agent(r.data, r.data_sha256, "agent").data
-    src = ag.default_source()
-    cc = ag.find_compiler()
-    toolchain = ag.toolchain_identity(cc)
-    key = hashlib.sha256(json.dumps([src.read_bytes().hex(), list(ag.CFLAGS), toolchain,
-                                     __version__]).encode()).hexdigest()
-    ref = c.store.get_ref("agent-build", key)
-    if ref and c.store.has(ref["sha256"]):
-        data = c.store.get_bytes(ref["sha256"], "test agent build")
-    else:
-        work = c.store.tmpdir()
-        try:
-            data = ag.build_test_agent(src, work, c.store.log_path("test-agent"),
-                                       compiler=cc).data
-        finally:
-            import shutil
-            shutil.rmtree(work, ignore_errors=True)
-        c.store.set_ref("agent-build", key, {"sha256": c.store.put_bytes(data)})
+    data, toolchain = ag.build_cached(c.store)
     c.inputs.append({"role": "agent", "kind": "build", "name": "ccbuild-test-agent",
                      "version": __version__, "toolchain": "; ".join(toolchain.splitlines()),
                      "sha256": hashlib.sha256(data).hexdigest()})
@@ -148,7 +136,6 @@ def _file_contents(c: _Ctx, section: str) -> list[tuple[str, bytes, int]]:
 
 
 def _initrd(c: _Ctx, agent: bytes) -> bytes:
-    from builder.stages import initrd as ini
     spec_r = c.lr.recipe.initrd
     files = [tree.File(*f) for f in _file_contents(c, "initrd")]
     spec = ini.InitrdSpec(agent=agent, compression=spec_r.compression, files=tuple(files),
@@ -158,7 +145,6 @@ def _initrd(c: _Ctx, agent: bytes) -> bytes:
 
 
 def _rootfs(c: _Ctx, agent: bytes):
-    from builder.stages import rootfs as rfs
     spec_r = c.lr.recipe.rootfs
     files = [tree.File(*f) for f in _file_contents(c, "rootfs")]
     spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files),
@@ -168,26 +154,18 @@ def _rootfs(c: _Ctx, agent: bytes):
 
 
 def _cmdline(c: _Ctx, rootfs=None) -> str:
-    from builder.stages.cmdline import render_cmdline
     r = c.lr.recipe
     extra = rootfs.cmdline_variables() if rootfs is not None else {}
     return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name, **extra})
 
 
 def _check_cmdline_template(lr: LoadedRecipe) -> None:
-    from builder.stages.cmdline import check_template
     r = lr.recipe
     check_template(r.cmdline, {"platform": r.platform, "name": lr.name}, r.rootfs is not None)
 
 
 def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str) -> dict:
-    from builder.measurements import measure_recipe
     return measure_recipe(c.lr, fw, kernel, initrd, cmdline)
-
-
-def _sha(p: Path) -> str:
-    from builder.store import sha256_file
-    return sha256_file(p)
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -224,7 +202,6 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     artifacts = {"firmware.fd": fw, "vmlinuz": kernel, **image,
                  "cmdline.txt": cmdline.encode(), "measurements.json": dumps(measurements)}
     with log.step("chain", c.timings):   # the measured view reaches the agent, or refuse
-        from builder.stages.chain import check_chain
         check_chain(lr.recipe.platform, fw, initrd if rootfs is None else rootfs, cmdline, agent)
     view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
                      store, rootfs.image if rootfs is not None else None)
@@ -246,7 +223,6 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     files["manifest.json"] = dumps(manifest)
     files["SHA256SUMS"] = sha256sums(files)
     if options.sign_key is not None:
-        from builder.emit.signature import SIGNATURE_NAME, sign_manifest_file
         files[SIGNATURE_NAME] = sign_manifest_file(files["manifest.json"], options.sign_key)
     up_to_date = _same_as_disk(out, files)
     with log.step("write", c.timings):
@@ -264,7 +240,6 @@ def _h(b: bytes) -> str:
 def _same_as_disk(out: Path, files: dict[str, bytes]) -> bool:
     """OUT already holds exactly ``files``: a real directory of regular files (never followed
     through a symlink, never read past the expected size)."""
-    import stat
     try:
         if out.is_symlink() or not out.is_dir():
             return False

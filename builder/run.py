@@ -13,15 +13,17 @@ from builder.errors import CCBuildError
 
 def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | None = None,
         log_path: Path | None = None, what: str | None = None, check: bool = True,
-        input: bytes | None = None) -> subprocess.CompletedProcess:
+        input: bytes | None = None, inherit_env: bool = True) -> subprocess.CompletedProcess:
     """Run ``argv``; on failure raise a one-line CCBuildError naming the command (and the log).
 
-    Output is captured (appended to ``log_path`` when given) and returned."""
+    ``env`` is added to this process's environment, or with ``inherit_env=False`` is the whole
+    environment. Output (stdout and stderr) is captured (appended to ``log_path`` when given)
+    and returned."""
     args = [str(a) for a in argv]
     log.echo_command(args)
     full_env = None
     if env is not None:
-        full_env = dict(os.environ)
+        full_env = dict(os.environ) if inherit_env else {}
         full_env.update(env)
     try:
         cp = subprocess.run(args, cwd=cwd, env=full_env, input=input,

@@ -122,3 +122,26 @@ def test_pinned_agent_checks(built):
     truncated = built.data[:70]
     with pytest.raises(CCBuildError):
         agent.pinned_agent(truncated, hashlib.sha256(truncated).hexdigest(), "cut")
+
+
+def test_build_cached_builds_once(built, tmp_path, monkeypatch):
+    """The default test agent goes through the shared cached-stage helper: the second call takes
+    the verified blob from the store and compiles nothing; a changed source is a new key."""
+    from builder.store import Store
+    store = Store.open(tmp_path / "cache")
+    data, toolchain = agent.build_cached(store)
+    assert toolchain == built.toolchain
+    agent.check_static_elf(data, "cached")
+    key = agent.cache_key(SRC.read_bytes(), toolchain)
+    assert store.get_ref("agent-build", key)["sha256"] == hashlib.sha256(data).hexdigest()
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled again")
+    monkeypatch.setattr(agent, "build_test_agent", no_compile)
+    assert agent.build_cached(store) == (data, toolchain)
+    changed = tmp_path / "changed.c"
+    changed.write_bytes(SRC.read_bytes() + b"\n/* changed */\n")
+    assert agent.cache_key(changed.read_bytes(), toolchain) != key
+    with pytest.raises(AssertionError, match="compiled again"):
+        agent.build_cached(store, changed)
+    assert not list((tmp_path / "cache" / "tmp").iterdir())     # scratch directories removed

@@ -157,6 +157,33 @@ def test_descriptor_file_errors(tmp_path):
         fws.load_descriptor(p)
 
 
+def test_descriptor_schema_paths_and_null_lists(tmp_path):
+    """Declared with builder.schema: nested paths, wrong types, and null lists read as empty."""
+    doc = _amdsev_doc()
+    doc.update(placeholders=None, defines=None)
+    d = fws.parse_descriptor(doc, "x.yaml")
+    assert (d.placeholders, d.defines) == ((), ())
+    doc = _amdsev_doc()
+    doc["defines"] = {"FLAG": False, "SIZE": 4, "WORD": "yes"}
+    assert fws.parse_descriptor(doc, "x.yaml").defines == \
+        (("FLAG", "FALSE"), ("SIZE", "4"), ("WORD", "yes"))
+    for key, value, message in [("source", "edk2", "x.yaml: source: must be a mapping"),
+                                ("defines", {"X": [1]}, "x.yaml: defines.X: must be "),
+                                ("modules", "many", "x.yaml: modules: must be an integer")]:
+        doc = _amdsev_doc()
+        doc[key] = value
+        with pytest.raises(CCBuildError, match="^" + message):
+            fws.parse_descriptor(doc, "x.yaml")
+
+
+def test_docs_firmware_descriptor_md_is_generated_from_the_schema():
+    text = (REPO / "docs" / "firmware-descriptor.md").read_text()
+    assert text == fws.render_descriptor_doc(), \
+        "run: python -m builder.stages.firmware > docs/firmware-descriptor.md"
+    for key in ("source.files", "placeholders", "measured_with", "toolchain"):
+        assert f"| `{key}` |" in text
+
+
 # -- cache key -----------------------------------------------------------------------------------
 TOOLS = {"gcc": "gcc 12.2.0", "nasm": "NASM 2.16.01"}
 

@@ -109,7 +109,3 @@ def authenticode_digest(image: bytes, algorithm: str = "sha384", pad_to: int = 0
     if pad_to and end % pad_to:
         h.update(bytes(pad_to - end % pad_to))
     return h.digest()
-
-
-def is_pe(image: bytes) -> bool:
-    return image[:2] == b"MZ" and len(image) > 0x40

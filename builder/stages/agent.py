@@ -12,15 +12,18 @@ Two ways to obtain it:
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
-from builder import log as _log
 from builder.errors import CCBuildError, FormatError
 from builder.formats.bytesreader import take, u16, u32, u64
+from builder.run import run
+from builder.stages.cached import cached_stage
 
 AGENT_NAME = "ccbuild-test-agent"
 SOURCE_NAME = AGENT_NAME + ".c"
@@ -51,30 +54,12 @@ def default_source() -> Path:
     return Path(__file__).resolve().parents[2] / "agent" / SOURCE_NAME
 
 
-def _sh():
-    import sh
-    return sh
-
-
 def _run(argv: list[str], cwd: Path | None = None, log: Path | None = None) -> str:
-    """Run one external command with captured output; append command and output to ``log``."""
-    sh = _sh()
-    _log.echo_command(argv)
-    try:
-        out = sh.Command(argv[0])(*argv[1:], _cwd=str(cwd) if cwd else None, _err_to_out=True,
-                                  _env=_clean_env())
-        text = str(out)
-        ok = True
-    except sh.ErrorReturnCode as e:
-        text = e.stdout.decode(errors="replace")
-        ok = False
-    except sh.CommandNotFound:
-        raise CCBuildError(f"command not found: {argv[0]}", hint="install it (see scripts/install-deps)")
-    if log is not None:
-        import shlex
-        with open(log, "a", encoding="utf-8") as f:
-            f.write("+ " + shlex.join(argv) + "\n" + text)
-    if not ok:
+    """Run one external command in :func:`_clean_env` through builder.run, output captured
+    (appended to ``log``); a failure quotes its first error line."""
+    cp = run(argv, cwd=cwd, env=_clean_env(), inherit_env=False, log_path=log, check=False)
+    text = cp.stdout.decode(errors="replace")
+    if cp.returncode != 0:
         lines = text.strip().splitlines() or ["(no output)"]
         first = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
         raise CCBuildError(f"{argv[0]} failed: {first.strip()}", where=str(cwd) if cwd else None,
@@ -84,7 +69,6 @@ def _run(argv: list[str], cwd: Path | None = None, log: Path | None = None) -> s
 
 def _clean_env() -> dict[str, str]:
     """A fixed environment: compiler messages and behaviour must not depend on the caller's."""
-    import os
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
     for k in ("REALGCC",):
         if k in os.environ:
@@ -119,9 +103,8 @@ def _musl_version() -> str:
     loader = Path(f"/lib/ld-musl-{platform.machine()}.so.1")
     if not loader.exists():
         return "musl (version unknown)"
-    sh = _sh()
-    out = sh.Command(str(loader))(_ok_code=[0, 1], _err_to_out=True)
-    for line in str(out).splitlines():
+    out = run([loader], check=False).stdout.decode(errors="replace")
+    for line in out.splitlines():
         if line.startswith("Version "):
             return "musl " + line.split()[1]
     return "musl (version unknown)"
@@ -158,6 +141,29 @@ def build_test_agent(src: Path, workdir: Path, log: Path | None = None, *,
     recorded = tuple(a for a in argv if not a.startswith("-ffile-prefix-map="))
     return AgentBinary(data=data, sha256=hashlib.sha256(data).hexdigest(), origin="built",
                        version=version, toolchain=toolchain, argv=recorded)
+
+
+def cache_key(source: bytes, toolchain: str, version: str = __version__) -> str:
+    """Everything that reaches the test agent's bytes: source, flags, toolchain, version."""
+    return hashlib.sha256(json.dumps([source.hex(), list(CFLAGS), toolchain, version]).encode()
+                          ).hexdigest()
+
+
+def build_cached(store, src: Path | None = None, compiler: str | None = None
+                 ) -> tuple[bytes, str]:
+    """The test agent (``src``, default :func:`default_source`) built once, then taken from
+    ``store`` by its :func:`cache_key`. Returns the binary and the toolchain identity."""
+    src = Path(src) if src is not None else default_source()
+    cc = find_compiler(compiler)
+    toolchain = toolchain_identity(cc)
+
+    def build(work: Path):
+        built = build_test_agent(src, work, store.log_path("test-agent"), compiler=cc)
+        return {"sha256": built.data}, {}
+
+    c = cached_stage(store, "agent-build", cache_key(src.read_bytes(), toolchain),
+                     {"sha256": "test agent build"}, build)
+    return c.outputs["sha256"], toolchain
 
 
 def pinned_agent(data: bytes, sha256: str, name: str = "agent") -> AgentBinary:

@@ -16,6 +16,7 @@ then EDK2's ``build`` with ``edksetup.sh`` sourced. Every input of the output by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -23,24 +24,28 @@ import os
 import re
 import secrets
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 from builder import log
-from builder.errors import CCBuildError
+from builder.errors import CCBuildError, FormatError
+from builder.formats.ovmf import has_kernel_hashes, parse_sev_metadata
+from builder.formats.tdvf import has_tdvf_metadata
 from builder.inputs import read_regular
 from builder.run import run, run_streamed, tool_version
 from builder.safeyaml import load_yaml
+from builder.schema import Ctx, SchemaError, build, doc, join, render_reference, short
+from builder.sources.debian import fetch_source
+from builder.stages.cached import cached_stage
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
 # 2: the constant-length workspace path (see _fixed_length_workspace).
 BUILD_SCHEME = 2
 
-PLATFORMS = ("snp", "tdx")
-ARCHES = ("X64",)
-TOOLCHAINS = ("GCC5", "GCC")
-TARGETS = ("RELEASE", "DEBUG", "NOOPT")
+Platform = Literal["snp", "tdx"]
+PLATFORMS: tuple[str, ...] = typing.get_args(Platform)
 
 # The build to point users at when a firmware lacks what its platform needs.
 SUGGESTED_BUILD = {
@@ -48,9 +53,9 @@ SUGGESTED_BUILD = {
     "tdx": ("IntelTdxX64", "firmware/inteltdx.yaml"),
 }
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DEFINE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~_-]*$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DEFINE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_-]*")
 _MODULE_LINE = re.compile(rb"^Building \.\.\. ")
 
 # Environment variables of a previous EDK2 setup that must not leak into ours.
@@ -116,131 +121,161 @@ class FirmwareBuild:
         }
 
 
-_KEYS = {"name", "platform", "source", "dsc", "arch", "toolchain", "target", "defines",
-         "placeholders", "output", "modules", "sha256", "measured_with"}
-_REQUIRED = ("name", "platform", "source", "dsc", "arch", "toolchain", "target", "output")
-_SOURCE_KEYS = {"package", "version", "suite", "files"}
+class DescriptorError(SchemaError):
+    """A firmware descriptor mistake: ``<file>: <key>: <what>``."""
 
 
-def _relpath(value: Any, fail, key: str, suffix: str | None = None) -> str:
-    if not isinstance(value, str) or not value:
-        fail(key, "must be a non-empty string")
+def _relpath_error(value: str, suffix: str | None = None) -> str | None:
+    """Why ``value`` is not a normalized relative path inside the EDK2 tree (None if it is)."""
     p = Path(value)
     if p.is_absolute() or ".." in p.parts or value != p.as_posix():
-        fail(key, f"must be a normalized relative path inside the EDK2 tree, not {value!r}")
+        return f"must be a normalized relative path inside the EDK2 tree, not {short(value)}"
     if suffix and not value.endswith(suffix):
-        fail(key, f"must name a {suffix} file")
-    return value
+        return f"must name a {suffix} file"
+    return None
 
 
-def parse_descriptor(doc: Any, display: str) -> FirmwareBuild:
-    """Validate a loaded descriptor mapping; errors name ``display`` and the key."""
+@dataclass(frozen=True)
+class SourceSpec:
+    """`source`: the Debian source package the build unpacks."""
+    package: str = doc("Debian source package name (`edk2`)")
+    version: str = doc("its exact Debian version")
+    suite: str = doc("the suite apt resolves it in (e.g. `trixie`)")
+    files: dict[str, str] = doc("tarball file name -> sha256 (64 lowercase hex digits); the "
+                                "`*.orig.tar.*` (with the submodules) and `*.debian.tar.*` "
+                                "tarballs are required")
 
-    def fail(key: str, what: str):
-        raise CCBuildError(f"{display}: {key}: {what}")
+    def validate(self, ctx: Ctx, where: str) -> None:
+        if not self.files:
+            ctx.fail(join(where, "files"), "required (a mapping of tarball file name to sha256)")
+        for name, digest in self.files.items():
+            if not _FILE_NAME.fullmatch(name):
+                ctx.fail(join(where, "files"), f"{short(name)} is not a plain file name")
+            if not _HEX64.fullmatch(digest):
+                ctx.fail(join(where, f"files.{name}"),
+                         "must be a sha256 (64 lowercase hex digits)")
+        for kind in ("orig", "debian"):
+            if not any(f".{kind}.tar." in n for n in self.files):
+                ctx.fail(join(where, "files"), f"needs the {kind} tarball (*.{kind}.tar.*)")
 
-    def string(d: dict, key: str, prefix: str = "") -> str:
-        v = d.get(key)
-        if not isinstance(v, str) or not v.strip():
-            fail(prefix + key, "required (a non-empty string)" if v is None
-                 else f"must be a non-empty string, not {type(v).__name__}")
-        return v
 
-    def choice(d: dict, key: str, choices: tuple[str, ...]) -> str:
-        v = string(d, key)
-        if v not in choices:
-            fail(key, f"must be one of {', '.join(choices)}, not {v!r}")
-        return v
+@dataclass(frozen=True)
+class FirmwareDescriptor:
+    """One EDK2 build (`firmware/*.yaml`)."""
+    name: str = doc("build name (messages, the store's log name)")
+    platform: Platform = doc("the TEE the firmware is for; the built image is "
+                                          "checked for that platform's metadata")
+    source: SourceSpec = doc("the pinned Debian source package")
+    dsc: str = doc("the platform description, relative to the EDK2 tree (`*.dsc`)")
+    arch: Literal["X64"] = doc("EDK2 `build -a`")
+    toolchain: Literal["GCC5", "GCC"] = doc("EDK2 `build -t`")
+    target: Literal["RELEASE", "DEBUG", "NOOPT"] = doc("EDK2 `build -b`")
+    output: str = doc("the image the build leaves, relative to the EDK2 tree (under `Build/`)")
+    defines: dict[str, str | bool | int] | None = doc(
+        "`build -D NAME=value` in order; true/false become TRUE/FALSE; a value is one word",
+        default_factory=dict)
+    placeholders: tuple[str, ...] | None = doc(
+        "empty files created in the tree before the build (AmdSev's `Grub/grub.efi`)",
+        default=())
+    modules: int | None = doc("number of modules the build prints (progress bar length only)",
+                              default=None)
+    sha256: str | None = doc("sha256 of the output once measured reproducible (a check, not an "
+                             "input: a different output is an error)", default=None)
+    measured_with: dict[str, str] | None = doc("tool -> version the sha256 was measured with "
+                                               "(informative; named when the output differs)",
+                                               default=None)
 
-    if not isinstance(doc, dict):
-        raise CCBuildError(f"{display}: must be a YAML mapping")
-    for k in sorted(set(doc) - _KEYS, key=str):
-        fail(str(k), f"unknown key (expected one of {', '.join(sorted(_KEYS))})")
-    for k in _REQUIRED:
-        if k not in doc:
-            fail(k, "required")
+    def validate(self, ctx: Ctx, where: str) -> None:
+        for name, value in (self.defines or {}).items():
+            if not _DEFINE_NAME.fullmatch(name):
+                ctx.fail("defines", f"{short(name)} is not a valid -D name")
+            if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+                ctx.fail(f"defines.{name}", "must be TRUE/FALSE, a number or a word without spaces")
+        for i, p in enumerate(self.placeholders or ()):
+            if why := _relpath_error(p):
+                ctx.fail(f"placeholders[{i}]", why)
+        if why := _relpath_error(self.dsc, ".dsc"):
+            ctx.fail("dsc", why)
+        if why := _relpath_error(self.output):
+            ctx.fail("output", why)
+        if not self.output.startswith("Build/"):
+            ctx.fail("output", f"must be a file under Build/, not {short(self.output)}")
+        if self.modules is not None and self.modules <= 0:
+            ctx.fail("modules", "must be a positive integer")
+        if self.sha256 is not None and not _HEX64.fullmatch(self.sha256):
+            ctx.fail("sha256", "must be a sha256 (64 lowercase hex digits) or null")
 
-    src = doc["source"]
-    if not isinstance(src, dict):
-        fail("source", "must be a mapping with package, version, suite, files")
-    for k in sorted(set(src) - _SOURCE_KEYS, key=str):
-        fail(f"source.{k}", "unknown key (expected package, version, suite, files)")
-    files = src.get("files")
-    if not isinstance(files, dict) or not files:
-        fail("source.files", "required (a mapping of tarball file name to sha256)")
-    pins = []
-    for fname, digest in files.items():
-        if not isinstance(fname, str) or not _FILE_NAME.match(fname):
-            fail("source.files", f"{fname!r} is not a plain file name")
-        if not isinstance(digest, str) or not _HEX64.match(digest):
-            fail(f"source.files.{fname}", "must be a sha256 (64 lowercase hex digits)")
-        pins.append((fname, digest))
-    for kind in ("orig", "debian"):
-        if not any(f".{kind}.tar." in n for n, _ in pins):
-            fail("source.files", f"needs the {kind} tarball (*.{kind}.tar.*)")
-    source = SourcePin(string(src, "package", "source."), string(src, "version", "source."),
-                       string(src, "suite", "source."), tuple(sorted(pins)))
 
-    defines_doc = doc.get("defines") or {}
-    if not isinstance(defines_doc, dict):
-        fail("defines", "must be a mapping NAME: value")
-    defines = []
-    for k, v in defines_doc.items():
-        if not isinstance(k, str) or not _DEFINE_NAME.match(k):
-            fail("defines", f"{k!r} is not a valid -D name")
-        if isinstance(v, bool):
-            v = "TRUE" if v else "FALSE"
-        elif isinstance(v, int):
-            v = str(v)
-        if not isinstance(v, str) or not v or any(c.isspace() for c in v):
-            fail(f"defines.{k}", "must be TRUE/FALSE, a number or a word without spaces")
-        defines.append((k, v))
+def _non_empty_strings(ctx: Ctx, cls, raw: Mapping, where: str = "") -> None:
+    """Every string field of ``cls`` present in ``raw`` is a non-empty string (the schema checks
+    the rest; this keeps the descriptor's message for a missing value or a wrong type)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in raw and (tp is str or typing.get_origin(tp) is Literal):
+            v = raw[f.name]
+            if not isinstance(v, str) or not v.strip():
+                ctx.fail(join(where, f.name), f"must be a non-empty string, not {type(v).__name__}")
 
-    ph_doc = doc.get("placeholders") or []
-    if not isinstance(ph_doc, list):
-        fail("placeholders", "must be a list of paths")
-    placeholders = tuple(_relpath(p, fail, f"placeholders[{i}]") for i, p in enumerate(ph_doc))
 
-    output = _relpath(doc["output"], fail, "output")
-    if not output.startswith("Build/"):
-        fail("output", f"must be a file under Build/, not {output!r}")
+def _define_value(v: str | bool | int) -> str:
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    return str(v)
 
-    modules = doc.get("modules")
-    if modules is not None and (isinstance(modules, bool) or not isinstance(modules, int)
-                                or modules <= 0):
-        fail("modules", "must be a positive integer")
-    sha = doc.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha)):
-        fail("sha256", "must be a sha256 (64 lowercase hex digits) or null")
-    mw = doc.get("measured_with")
-    if mw is not None and not (isinstance(mw, dict)
-                               and all(isinstance(v, str) for v in mw.values())):
-        fail("measured_with", "must be a mapping of tool name to version string")
 
+def parse_descriptor(raw: Any, display: str) -> FirmwareBuild:
+    """Validate a loaded descriptor mapping; errors name ``display`` and the YAML path."""
+    if not isinstance(raw, dict):
+        raise DescriptorError(display, "", "must be a YAML mapping")
+    ctx = Ctx(display, error=DescriptorError)
+    _non_empty_strings(ctx, FirmwareDescriptor, raw)
+    if isinstance(raw.get("source"), dict):
+        _non_empty_strings(ctx, SourceSpec, raw["source"], "source")
+    d: FirmwareDescriptor = build(ctx, FirmwareDescriptor, raw)
+    s = d.source
     return FirmwareBuild(
-        name=string(doc, "name"), platform=choice(doc, "platform", PLATFORMS), source=source,
-        dsc=_relpath(doc["dsc"], fail, "dsc", ".dsc"), arch=choice(doc, "arch", ARCHES),
-        toolchain=choice(doc, "toolchain", TOOLCHAINS), target=choice(doc, "target", TARGETS),
-        defines=tuple(defines), placeholders=placeholders, output=output, modules=modules,
-        sha256=sha, path=display)
+        name=d.name, platform=d.platform,
+        source=SourcePin(s.package, s.version, s.suite, tuple(sorted(s.files.items()))),
+        dsc=d.dsc, arch=d.arch, toolchain=d.toolchain, target=d.target,
+        defines=tuple((k, _define_value(v)) for k, v in (d.defines or {}).items()),
+        placeholders=tuple(d.placeholders or ()), output=d.output, modules=d.modules,
+        sha256=d.sha256, path=display)
+
+
+def _read_descriptor(path: Path, display: str) -> Any:
+    if not path.exists() and not path.is_symlink():
+        raise CCBuildError(f"{display}: no such firmware build descriptor",
+                           hint="see firmware/*.yaml for the shipped builds")
+    return load_yaml(read_regular(path, "firmware descriptor", display), display, DescriptorError)
 
 
 def load_descriptor(path: Path | str, display: str | None = None) -> FirmwareBuild:
     """Read and validate ``firmware/*.yaml``; ``display`` is how errors name the file."""
     path = Path(path)
-    display = display or str(path)
-    if not path.exists() and not path.is_symlink():
-        raise CCBuildError(f"{display}: no such firmware build descriptor",
-                           hint="see firmware/*.yaml for the shipped builds")
-    doc = load_yaml(read_regular(path, "firmware descriptor", display), display)
-    return parse_descriptor(doc, display)
+    return parse_descriptor(_read_descriptor(path, display or str(path)), display or str(path))
 
 
 def measured_with(path: Path | str) -> dict[str, str]:
     """The toolchain versions the descriptor's sha256 was measured with (informative)."""
-    doc = load_yaml(read_regular(path, "firmware descriptor"), str(path)) or {}
-    mw = doc.get("measured_with") if isinstance(doc, dict) else None
-    return {str(k): str(v) for k, v in mw.items()} if isinstance(mw, dict) else {}
+    path = Path(path)
+    raw = _read_descriptor(path, str(path))
+    if not isinstance(raw, dict):
+        raise DescriptorError(str(path), "", "must be a YAML mapping")
+    d = build(Ctx(str(path), error=DescriptorError), FirmwareDescriptor, raw)
+    return dict(d.measured_with or {})
+
+
+def render_descriptor_doc() -> str:
+    """docs/firmware-descriptor.md, generated from the schema
+    (``python -m builder.stages.firmware``)."""
+    return render_reference(FirmwareDescriptor, "Firmware build descriptor reference", [
+        "Generated from `builder/stages/firmware.py` "
+        "(`python -m builder.stages.firmware > docs/firmware-descriptor.md`);",
+        "a test keeps the two in step. A recipe names a descriptor with "
+        "`firmware: {build: ../firmware/NAME.yaml}`; see `firmware/*.yaml` for the shipped ones.",
+        "Every field except `modules`, `sha256` and `measured_with` is an input of the build's "
+        "cache key. Paths are normalized, relative to the EDK2 tree, without `..`."])
 
 
 # -- cache key -----------------------------------------------------------------------------------
@@ -421,21 +456,17 @@ def build_edk2(desc: FirmwareBuild, tarballs: Mapping[str, Path], workdir: Path,
 
 def build_cached(store, desc: FirmwareBuild, jobs: int = 2, offline: bool = False) -> bytes:
     """The firmware ``desc`` describes, built once and then taken from ``store`` by its
-    :func:`cache_key`."""
-    key = cache_key(desc, desc.source.files)
-    ref = store.get_ref("firmware-build", key)
-    if ref and store.has(ref.get("sha256", "")) and ref["sha256"] == (desc.sha256 or ref["sha256"]):
-        return store.get_bytes(ref["sha256"], f"firmware build {desc.name}")
-    from builder.sources.debian import fetch_source
-    tarballs = fetch_source(store, desc.source.package, desc.source.version, desc.source.suite,
-                            desc.source.files, offline=offline)
-    work = store.tmpdir()
-    try:
+    :func:`cache_key` (a cached image that differs from a pinned ``sha256`` is rebuilt)."""
+    def build(work: Path):
+        tarballs = fetch_source(store, desc.source.package, desc.source.version,
+                                desc.source.suite, desc.source.files, offline=offline)
         data = build_edk2(desc, tarballs, work, store.log_path(f"edk2-{desc.name}"), jobs=jobs)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    store.set_ref("firmware-build", key, {"sha256": store.put_bytes(data), "name": desc.name})
-    return data
+        return {"sha256": data}, {"name": desc.name}
+
+    return cached_stage(store, "firmware-build", cache_key(desc, desc.source.files),
+                        {"sha256": f"firmware build {desc.name}"}, build,
+                        accept=lambda ref: desc.sha256 in (None, ref["sha256"])
+                        ).outputs["sha256"]
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -447,8 +478,6 @@ def check_firmware(platform: str, fw: bytes, where: str = "firmware") -> None:
     dsc, descriptor = SUGGESTED_BUILD[platform]
     hint = f"use the {dsc} build (firmware: {{build: {descriptor}}})"
     if platform == "snp":
-        from builder.errors import FormatError
-        from builder.formats.ovmf import has_kernel_hashes, parse_sev_metadata
         try:
             meta = parse_sev_metadata(fw)
             hashes = meta is not None and has_kernel_hashes(fw)
@@ -462,7 +491,6 @@ def check_firmware(platform: str, fw: bytes, where: str = "firmware") -> None:
             raise CCBuildError(f"{where} has no SEV KERNEL_HASHES section (OVMF would not verify "
                                "kernel, initrd and command line)", hint=hint)
     else:
-        from builder.formats.tdvf import has_tdvf_metadata
         if not has_tdvf_metadata(fw):
             raise CCBuildError(f"{where} has no TDVF metadata (not a TDX-capable firmware)",
                                hint=hint)
@@ -475,3 +503,8 @@ def prebuilt_firmware(platform: str, data: bytes, where: str = "firmware") -> by
                            "OVMF/TDVF image)", where, "give the single -bios image (OVMF.fd)")
     check_firmware(platform, data, where)
     return data
+
+
+if __name__ == "__main__":
+    import sys
+    sys.stdout.write(render_descriptor_doc())

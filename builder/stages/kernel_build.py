@@ -28,7 +28,6 @@ import functools
 import hashlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from builder import log
 from builder.errors import CCBuildError
 from builder.inputs import decode_utf8
 from builder.run import run, run_streamed, tool_version
+from builder.stages.cached import cached_stage
 
 # Bump when build_kernel changes in a way that could change the output bytes.
 BUILD_SCHEME = 1
@@ -206,25 +206,23 @@ def build_cached(store, tarball: Path, spec: KernelBuildSpec, jobs: int = 2,
     tools = dict(toolchain_versions())
     key = cache_key(spec, tools)
     log_path = store.log_path(f"kernel-{key[:16]}")
-    ref = store.get_ref("kernel-build", key)
-    if (not force and ref and store.has(ref.get("sha256", ""))
-            and store.has(ref.get("config_sha256", ""))):
-        return KernelBuildResult(store.get_bytes(ref["sha256"], "kernel build"),
-                                 store.get_bytes(ref["config_sha256"], "kernel .config").decode(),
-                                 float(ref.get("seconds", 0)), True, log_path)
-    work = store.tmpdir()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")
-    t0 = time.monotonic()
-    try:
+    took: list[float] = []
+
+    def build(work: Path):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(b"")
+        t0 = time.monotonic()
         image, config = build_kernel(tarball, spec, work, log_path, jobs=jobs, where=where)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    seconds = time.monotonic() - t0
-    store.set_ref("kernel-build", key, {
-        "sha256": store.put_bytes(image), "config_sha256": store.put_bytes(config.encode()),
-        "seconds": round(seconds, 1), "tools": tools})
-    return KernelBuildResult(image, config, seconds, False, log_path)
+        took.append(time.monotonic() - t0)
+        return ({"sha256": image, "config_sha256": config.encode()},
+                {"seconds": round(took[0], 1), "tools": tools})
+
+    c = cached_stage(store, "kernel-build", key,
+                     {"sha256": "kernel build", "config_sha256": "kernel .config"}, build,
+                     force=force)
+    return KernelBuildResult(c.outputs["sha256"], c.outputs["config_sha256"].decode(),
+                             took[0] if took else float(c.record.get("seconds", 0)), c.hit,
+                             log_path)
 
 
 def toolchain_summary(tools: dict[str, str]) -> str:

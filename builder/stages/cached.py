@@ -1,0 +1,48 @@
+"""One way to cache a built stage (firmware, kernel, test agent) in the store.
+
+A build is named by its cache key (the hash of everything that reaches its bytes); the store
+keeps a ref ``refs/<namespace>/<key>.json`` whose named fields hold the sha256 of each output
+blob, plus whatever the stage records beside them. A hit re-reads the verified blobs; a miss
+runs the build in a fresh scratch directory of the store (always removed) and records it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from builder.store import Store
+
+
+@dataclass(frozen=True)
+class Cached:
+    """The outputs by ref field (``{"sha256": image, ...}``), the ref record, and whether it
+    came from the store."""
+    outputs: dict[str, bytes]
+    record: dict
+    hit: bool
+
+
+def cached_stage(store: Store, namespace: str, key: str, blobs: Mapping[str, str],
+                 build: Callable[[Path], tuple[Mapping[str, bytes], Mapping]], *,
+                 accept: Callable[[dict], bool] = lambda ref: True,
+                 force: bool = False) -> Cached:
+    """The outputs of the build named ``key``: from the store when its ref names every blob
+    (``blobs`` maps each ref field to how messages name that output) and ``accept(ref)``
+    holds, else from ``build(workdir)``, which returns the outputs by ref field and the extra
+    fields to record beside them. ``force`` rebuilds even on a hit."""
+    ref = None if force else store.get_ref(namespace, key)
+    if (ref and all(isinstance(ref.get(f), str) and store.has(ref[f]) for f in blobs)
+            and accept(ref)):
+        return Cached({f: store.get_bytes(ref[f], what) for f, what in blobs.items()}, ref, True)
+    work = store.tmpdir()
+    try:
+        outputs, extra = build(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    record = {f: store.put_bytes(outputs[f]) for f in blobs}
+    record.update(extra)
+    store.set_ref(namespace, key, record)
+    return Cached({f: outputs[f] for f in blobs}, dict(record, key=key), False)
