@@ -211,6 +211,46 @@ class TdxLaunch:
 
 
 @dataclass(frozen=True)
+class KataHost:
+    fips: bool = doc("the node runs in FIPS mode (/proc/sys/crypto/fips_enabled = 1): Kata "
+                     "appends fips=1", default=False)
+    snp: bool = doc("the node's kvm_amd sev_snp parameter is Y (SNP recipes: Kata then starts "
+                    "QEMU with -cpu EPYC-v4; without it Kata refuses the guest)", default=True)
+    host_cpus: int | None = doc("the node's CPU count (/proc/cpuinfo); needed only where Kata "
+                                "clamps to it", default=None, minimum=1, maximum=4096)
+
+
+@dataclass(frozen=True)
+class KataLaunch:
+    configuration: str = doc("the node's Kata configuration TOML (configuration-qemu-snp.toml / "
+                             "-tdx.toml), relative to the recipe; read as Kata reads it "
+                             "(docs/kata.md)")
+    version: str = doc("the Kata release whose runtime composes the launch (modelled: "
+                       "3.31.0, 3.32.0, 4.0.0, 4.1.0)", default="4.1.0",
+                       pattern=r"v?\d{1,3}\.\d{1,3}\.\d{1,3}")
+    runtime: Literal["go"] = doc("the runtime flavour: go (containerd-shim-kata-v2); runtime-rs "
+                                 "is modelled for the command line only (ccbuild kata)",
+                                 default="go")
+    pod_cpus: tuple[int, ...] = doc("pod CPU limits to measure (with static_sandbox_resource_mgmt "
+                                    "each adds to default_vcpus); one row per entry in "
+                                    "measurements.json kata.pods", default=(0,),
+                                    minimum=0, maximum=240)
+    host: KataHost = doc("what the runtime reads from the node", default=KataHost())
+
+    def validate(self, ctx: "_Ctx", where: str) -> None:
+        if not self.pod_cpus:
+            ctx.fail(f"{where}.pod_cpus", "at least one pod CPU limit is required")
+        if len(set(self.pod_cpus)) != len(self.pod_cpus):
+            ctx.fail(f"{where}.pod_cpus", "a pod CPU limit is given twice")
+        from builder.kata.versions import resolve_release
+        from builder.errors import CCBuildError
+        try:
+            resolve_release(self.version)
+        except CCBuildError as e:
+            ctx.fail(f"{where}.version", f"{e.what}; {e.hint}" if e.hint else e.what)
+
+
+@dataclass(frozen=True)
 class Launch:
     vcpus: tuple[int | str, ...] = doc("vCPU counts: numbers and 'a-b' ranges", default=(1,))
     vcpu_types: tuple[str, ...] = doc("QEMU CPU models (SNP)", default=("EPYC-v4",))
@@ -219,6 +259,11 @@ class Launch:
     memory_mib: int = doc("guest memory", default=2048, minimum=64, maximum=1 << 22)
     snp: SnpLaunch = doc("SNP launch parameters", default=SnpLaunch())
     tdx: TdxLaunch = doc("TDX launch parameters", default=TdxLaunch())
+    kata: KataLaunch | None = doc("measure what the Kata runtime launches: the command line, the "
+                                  "vCPUs per pod CPU limit and the CPU model come from a model of "
+                                  "the runtime reading this Kata configuration (then vcpus, "
+                                  "vcpu_types, vmms and cmdline.runtime_params are not used; "
+                                  "docs/kata.md)", default=None)
 
     def validate(self, ctx: "_Ctx", where: str) -> None:
         try:

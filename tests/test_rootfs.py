@@ -65,20 +65,87 @@ def test_image_is_reproducible_across_dirs_and_umask(fmt, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["erofs", "ext4"])
 def test_layout_is_katas_partitioned_image(fmt, tmp_path):
+    """image_builder.sh (kata-containers 4.1.0, ddcb1ad8d23cbb4323f86c209f132b89592902df),
+    MEASURED_ROOTFS=yes: create_disk's two primary partitions, p1 from 1 MiB (rootfs_start) to
+    hash_start = floor(0.99 * size in MiB) MiB and bootable ('set 1 boot on'), p2 from
+    hash_start to the last sector (-1s); ext4 sizes a multiple of IMAGE_SIZE_ALIGNMENT_MB=128;
+    erofs ((size + 1 MiB) / 1 MiB) + 2, then * 100 / 99 + 1; the verity tree over all of p1."""
     _need("mkfs.erofs" if fmt == "erofs" else "mkfs.ext4")
     r = rfs.build_rootfs(_spec(fmt), tmp_path)
     (p1, n1), (p2, n2) = _partitions(r.image)
-    assert p1 == 1 << 20 and r.image[p1:p1 + n1] == r.fs and p2 == p1 + n1
-    fs = r.image[p1:p1 + n1]
-    tree = hash_tree(fs, VerityParams(salt=r.verity.params.salt))
-    assert r.image[p2:p2 + len(tree.tree)] == tree.tree and len(r.image) == p2 + n2
+    size_mib = len(r.image) // (1 << 20)
+    assert len(r.image) % (1 << 20) == 0
+    if fmt == "ext4":
+        assert size_mib % 128 == 0
+    else:
+        assert size_mib == (((len(r.fs) + (1 << 20)) // (1 << 20)) + 2) * 100 // 99 + 1
+    assert p1 == 1 << 20 and p2 == (size_mib * 99 // 100) << 20 and p2 == p1 + n1
+    assert p2 + n2 == len(r.image)
+    assert r.image[446] == 0x80 and r.image[462] == 0     # p1 bootable, p2 not
+    data = r.image[p1:p1 + n1]
+    assert data[:len(r.fs)] == r.fs and not data[len(r.fs):].strip(b"\0")
+    tree = hash_tree(data, VerityParams(salt=r.verity.params.salt))
+    assert r.image[p2:p2 + len(tree.tree)] == tree.tree
+    assert not r.image[p2 + len(tree.tree):].strip(b"\0")
     assert tree.root_hash.hex() == r.root_hash
     assert r.verity.data_blocks == n1 // 4096
+    # build_kernel_verity_params' format
+    assert r.kernel_verity_params() == (
+        f"root_hash={r.root_hash},salt={r.verity.params.salt.hex()},data_blocks={n1 // 4096},"
+        "data_block_size=4096,hash_block_size=4096")
     v = r.cmdline_variables()
     assert v["verity_params"] == (
         f'dm-mod.create="dm-verity,,,ro,0 {n1 // 512} verity 1 /dev/vda1 /dev/vda2 4096 4096 '
         f'{n1 // 4096} 0 sha256 {r.root_hash} {r.verity.params.salt.hex()}" root=/dev/dm-0 '
         f"rootfstype={fmt} ro")
+
+
+@pytest.mark.parametrize("fmt", ["erofs", "ext4"])
+def test_katas_get_kernel_root_params_reproduce_the_table(fmt, tmp_path):
+    """The Kata model's GetKernelRootParams, fed this image's kernel_verity_params, gives the
+    dm-verity table the chain check requires on the command line, byte for byte."""
+    from builder.kata.go_runtime import get_kernel_root_params, serialize_params
+    _need("mkfs.erofs" if fmt == "erofs" else "mkfs.ext4")
+    r = rfs.build_rootfs(_spec(fmt), tmp_path)
+    params = serialize_params(get_kernel_root_params(fmt, True, False, r.kernel_verity_params()))
+    assert params[0] == r.dm_mod_create()
+    assert params[1:] == ["root=/dev/dm-0", "rootflags=" + (
+        "data=ordered,errors=remount-ro ro" if fmt == "ext4" else "ro"), f"rootfstype={fmt}"]
+
+
+def _build_in_child(fmt: str, work, umask: int, tz: str):
+    """build_rootfs in a fresh interpreter (its own umask, TZ and clock); returns the image."""
+    import sys
+    code = ("import os, sys, time; sys.path.insert(0, sys.argv[1]); time.tzset()\n"
+            "from builder.stages import rootfs as rfs\n"
+            "from builder.stages.tree import Dir, File\n"
+            f"spec = rfs.RootfsSpec({fmt!r}, {AGENT!r}, (File('/etc/hostname', b'kata\\n'), "
+            "File('/usr/share/x/data', b'd' * 9000, 0o600)), (Dir('/var/lib/empty'),), "
+            f"{EPOCH}, 'ab' * 32)\n"
+            "r = rfs.build_rootfs(spec, __import__('pathlib').Path(sys.argv[2]))\n"
+            "open(sys.argv[3], 'wb').write(r.image)\n")
+    out = work.with_suffix(".img")
+    env = {**os.environ, "TZ": tz}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", f"import os; os.umask({umask}); exec({code!r})",
+                    repo, str(work), str(out)], check=True, env=env, capture_output=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["ext4", "erofs"])
+def test_image_is_identical_when_built_apart_in_time(fmt, tmp_path):
+    """Two images built more than a second apart (the staged files' ctime differs: mke2fs -d
+    copies st_ctime), with different umask and TZ, are identical byte for byte."""
+    import time
+    _need("mkfs.erofs" if fmt == "erofs" else "mkfs.ext4")
+    _need("debugfs")
+    one = _build_in_child(fmt, tmp_path / "one", 0o022, "UTC")
+    time.sleep(2.1)
+    two = _build_in_child(fmt, tmp_path / "two-other", 0o077, "Pacific/Kiritimati")
+    assert len(one) == len(two)
+    if one != two:
+        first = next(i for i in range(len(one)) if one[i] != two[i])
+        pytest.fail(f"images differ first at byte {first} (p1 offset {first - (1 << 20)})")
 
 
 def test_veritysetup_verifies_the_partitions(tmp_path):
@@ -87,6 +154,7 @@ def test_veritysetup_verifies_the_partitions(tmp_path):
     _need("mkfs.erofs")
     r = rfs.build_rootfs(_spec("erofs"), tmp_path)
     (p1, n1), (p2, n2) = _partitions(r.image)
+    assert r.verity.data_blocks * 4096 == n1
     (tmp_path / "p1").write_bytes(r.image[p1:p1 + n1])
     (tmp_path / "p2").write_bytes(r.image[p2:p2 + n2])
     cp = subprocess.run(["veritysetup", "verify", "--no-superblock", "--hash=sha256",
