@@ -2,7 +2,8 @@
 
   ccbuild verify OUT                                   outputs vs manifest.json/SHA256SUMS, every
                                                        measurement recomputed from OUT
-  ccbuild verify --rebuild RECIPE OUT [--share-cache]  rebuild in a fresh directory and compare
+  ccbuild verify --rebuild RECIPE OUT [--share-cache] [--allow-outside]
+                                                       rebuild in a fresh directory and compare
   ccbuild verify OUT --snp-report R [--vcek C] [--chain ASK_ARK]
   ccbuild verify OUT --tdx-quote Q [--ccel TABLE DATA]
   ccbuild verify OUT --signature --pubkey PEM
@@ -31,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --rebuild: the overrides the original build used (repeatable)")
     p.add_argument("--offline", action="store_true", help="with --rebuild: fetch nothing")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="with --rebuild: the recipe's paths may leave its directory")
     p.add_argument("--cache", type=Path, help="with --rebuild --share-cache: store directory")
     p.add_argument("--snp-report", metavar="R",
                    help="SEV-SNP attestation report (binary, hex text or SNP_GUEST_REQUEST reply)")
@@ -58,8 +61,10 @@ def _check_options(args) -> None:
     if args.ccel and not args.tdx_quote:
         raise CCBuildError("--ccel goes with --tdx-quote", hint="inspect a log alone with "
                            "`ccbuild inspect --ccel TABLE DATA`")
-    if (args.share_cache or args.overrides or args.offline) and not args.rebuild:
-        raise CCBuildError("--share-cache, --set and --offline go with --rebuild")
+    if (args.share_cache or args.overrides or args.offline or args.allow_outside) \
+            and not args.rebuild:
+        raise CCBuildError("--share-cache, --set, --offline and --allow-outside go with "
+                           "--rebuild")
 
 
 def run(args) -> int:
@@ -70,7 +75,8 @@ def run(args) -> int:
         verdicts.append(vf.rebuild_and_compare(args.rebuild, args.out,
                                                share_cache=args.share_cache,
                                                overrides=tuple(args.overrides),
-                                               offline=args.offline, store_root=args.cache))
+                                               offline=args.offline, store_root=args.cache,
+                                               allow_outside=args.allow_outside))
     else:
         verdicts.append(vf.check_out(args.out))
     if args.snp_report:

@@ -1,7 +1,11 @@
-"""SEV-SNP evidence: verify an attestation report against AMD's certificate chain.
+"""SEV-SNP: the launch digests recomputed from OUT, and OUT against an SNP attestation report.
+
+- :func:`recompute_snp`: each measurements.json SNP entry recomputed from its own parameters.
+- :func:`check_snp_report`: the report's chain and signature (:func:`verify_snp_report`), which
+  matrix entry MEASUREMENT is, HOST_DATA, ID key digest, the policy decoded.
+- :func:`verify_snp_report`: a report against AMD's certificate chain.
 
 The chain (AMD SEV-SNP ABI specification and AMD KDS interface specification, facts only):
-
     ARK (AMD Root Key, self-signed, RSA-4096)   --RSA-PSS SHA-384, salt 48-->  ASK (or ASVK)
     ASK (AMD SEV Key)                           --RSA-PSS SHA-384, salt 48-->  VCEK (or VLEK)
     VCEK (ECDSA P-384, one per chip and TCB)    --ECDSA P-384 SHA-384------->  report bytes 0..0x29F
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -34,7 +39,12 @@ from cryptography.x509.oid import NameOID
 from builder import keys
 from builder.errors import CCBuildError, CheckFailed
 from builder.formats import snp_report
-from builder.formats.snp_report import SnpReport
+from builder.formats.snp_policy import GuestPolicy
+from builder.formats.snp_report import SnpReport, parse_report
+from builder.measure.sev_hashes import KernelHashes
+from builder.measure.snp import snp_matrix
+from builder.verify.out import load_out
+from builder.verify.report import FAIL, INFO, OK, SKIP, Check, Verdict
 
 PRODUCTS = ("milan", "genoa", "turin")
 PSS_SALT = 48
@@ -266,3 +276,149 @@ def verify_snp_report(report_bytes: bytes, vcek_bytes: bytes, chain_bytes: bytes
     return VerifiedReport(report=report, product=ark_product, signer=signer,
                           vcek_subject=_cn(vcek), ask_subject=_cn(ask), ark_subject=_cn(ark),
                           chain_source=source)
+
+
+# --- OUT: the launch digests recomputed ---------------------------------------------------------
+
+def recompute_snp(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str,
+                  entries: list[dict]) -> list[Check]:
+    """Each recorded SNP entry recomputed from its own parameters (entries sharing VMM, CPU type
+    and features in one incremental run)."""
+    hashes = KernelHashes.of(kernel, initrd, cmdline)
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["vmm"], e["vcpu_type"], e["guest_features"]), []).append(e)
+    rows = []
+    for (vmm, vtype, gf), group in groups.items():
+        try:
+            fresh = snp_matrix(fw, hashes, [e["vcpus"] for e in group], [vtype], [vmm],
+                               [int(gf, 16)])
+        except CCBuildError as err:
+            for e in group:
+                rows.append(Check(_snp_item(e), FAIL, f"cannot recompute: {err.one_line()}"))
+            continue
+        by_n = {f["vcpus"]: f for f in fresh}
+        for e in group:
+            f = by_n[e["vcpus"]]
+            item = _snp_item(e)
+            if f["vcpu_sig"] != e["vcpu_sig"]:
+                rows.append(Check(item, FAIL, "vCPU signature of the CPU type differs",
+                                  e["vcpu_sig"], f["vcpu_sig"]))
+            elif f["launch_digest"] != e["launch_digest"]:
+                rows.append(Check(item, FAIL, "launch digest recomputed from OUT differs",
+                                  e["launch_digest"], f["launch_digest"]))
+            else:
+                rows.append(Check(item, OK, f"launch digest {e['launch_digest'][:24]}… recomputed"))
+    return rows
+
+
+def _snp_item(e: dict) -> str:
+    return f"snp {e['vcpus']} vCPU {e['vcpu_type']} {e['vmm']} features {e['guest_features']}"
+
+
+# --- SNP evidence -----------------------------------------------------------------------------
+
+def match_snp_entries(measurement: bytes, entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["launch_digest"] == measurement.hex()]
+
+
+def _expected_host_data(m: dict) -> tuple[bytes, str]:
+    init = m.get("initdata")
+    if isinstance(init, dict):
+        for key in ("snp_host_data", "host_data"):
+            if init.get(key):
+                return bytes.fromhex(init[key]), "initdata HOST_DATA from measurements.json"
+        if init.get("digest"):
+            return (bytes.fromhex(init["digest"]) + bytes(32))[:32], \
+                "initdata digest from measurements.json (first 32 bytes)"
+    return bytes(32), "no initdata in the build: HOST_DATA must be zero"
+
+
+def _expected_id_key_digest(m: dict, entry: dict | None) -> tuple[bytes, str] | None:
+    for src, where in ((entry or {}), "the matched entry"), (m.get("snp_id") or {}, "snp_id"):
+        for key in ("id_key_digest",):
+            if isinstance(src, dict) and src.get(key):
+                return bytes.fromhex(src[key]), f"ID key digest from measurements.json ({where})"
+    return None
+
+
+def check_snp_report(out_path: str | Path, report_bytes: bytes, vcek: bytes | None = None,
+                     chain: bytes | None = None, vcek_what: str | None = None,
+                     chain_what: str = "certificate chain") -> Verdict:
+    out = load_out(out_path)
+    v = Verdict(f"verify {out.path.name} against an SEV-SNP attestation report")
+    report = parse_report(report_bytes)
+    if vcek is None:
+        v.add(Check("signature", SKIP, "no --vcek given: the report is NOT authenticated; "
+                    "only its fields are compared"))
+    else:
+        try:
+            vr = verify_snp_report(report_bytes, vcek, chain, vcek_what=vcek_what,
+                                   chain_what=chain_what)
+            v.add(Check("signature", OK, f"{vr.signer} signature verifies; chain {vr.ark_subject}"
+                        f" -> {vr.ask_subject} -> {vr.vcek_subject} ({vr.chain_source}, "
+                        f"{vr.product})"))
+        except CheckFailed as e:
+            v.add(Check("signature", FAIL, e.one_line()))
+        except ValueError as e:        # cryptography parses certificate fields lazily
+            v.add(Check("signature", FAIL, "a certificate of the chain is damaged and cannot be "
+                        f"read ({str(e).splitlines()[0][:160]})"))
+    m = out.measurements or {}
+    entries = m.get("snp")
+    matched = None
+    if not entries:
+        v.add(Check("measurement", FAIL, "measurements.json has no SNP entries (not an SNP "
+                    "build?)", None, report.measurement.hex()))
+    else:
+        hits = match_snp_entries(report.measurement, entries)
+        if len(hits) == 1:
+            matched = hits[0]
+            v.add(Check("measurement", OK, f"matches entry {entries.index(matched) + 1} of "
+                        f"{len(entries)}: {matched['vcpus']} vCPU, {matched['vcpu_type']} "
+                        f"(sig {matched['vcpu_sig']}), VMM {matched['vmm']}, guest features "
+                        f"{matched['guest_features']}"))
+        elif hits:
+            matched = hits[0]
+            names = "; ".join(f"entry {entries.index(h) + 1}: {h['vcpus']} vCPU, "
+                              f"{h['vcpu_type']}, VMM {h['vmm']}, features {h['guest_features']}"
+                              for h in hits)
+            v.add(Check("measurement", OK, f"matches {len(hits)} entries of {len(entries)} that "
+                        "share this digest (it does not depend on what differs between them): "
+                        + names))
+        else:
+            v.add(Check("measurement", FAIL, f"MEASUREMENT matches none of the {len(entries)} "
+                        "entries: other artifacts, or launch parameters outside the recipe's "
+                        "matrix (vCPUs, CPU type, VMM, guest features)",
+                        f"one of the {len(entries)} launch digests", report.measurement.hex()))
+    want, why = _expected_host_data(m)
+    v.add(Check("host_data", OK if report.host_data == want else FAIL, why,
+                want.hex(), report.host_data.hex()))
+    idk = _expected_id_key_digest(m, matched)
+    if idk is None:
+        zero = not any(report.id_key_digest)
+        v.add(Check("id_key_digest", OK if zero else FAIL,
+                    "the build has no ID key: the report's ID_KEY_DIGEST must be zero" if zero
+                    else "the build has no ID key, but the launch carried an ID block",
+                    bytes(48).hex(), report.id_key_digest.hex()))
+    else:
+        v.add(Check("id_key_digest", OK if report.id_key_digest == idk[0] else FAIL, idk[1],
+                    idk[0].hex(), report.id_key_digest.hex()))
+    try:
+        pol = GuestPolicy.decode(report.policy)
+        flags = ", ".join(f"{k}={'yes' if val else 'no'}" for k, val in pol.as_dict().items()
+                          if isinstance(val, bool))
+        v.add(Check("policy", INFO, f"0x{report.policy:x}: ABI >= {pol.abi_major}.{pol.abi_minor}"
+                    f", {flags}"))
+        if pol.debug:
+            v.add(Check("policy debug", FAIL, "the guest policy allows debugging: the host can "
+                        "read guest memory"))
+        pol_rec = (m.get("snp_id") or {}).get("policy")
+        want_pol = int(pol_rec, 16) if isinstance(pol_rec, str) else None
+        if want_pol is not None and want_pol != report.policy:
+            v.add(Check("policy", FAIL, "differs from the build's policy", hex(want_pol),
+                        hex(report.policy)))
+    except CCBuildError as e:
+        v.add(Check("policy", FAIL, e.one_line()))
+    v.add(Check("report", INFO, f"VMPL {report.vmpl}, guest SVN {report.guest_svn}, reported TCB "
+                f"{report.reported_tcb}, report_data {report.report_data.hex()[:32]}…"))
+    return v
