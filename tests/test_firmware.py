@@ -273,6 +273,24 @@ def test_check_refuses_an_image_without_metadata():
         fws.prebuilt_firmware("snp", b"\0" * 100)
 
 
+@pytest.mark.parametrize("size,message", [
+    (100, "size 100 is not a non-zero multiple of 4096"),
+    (8192, "firmware has no SEV metadata"),
+])
+def test_build_checks_a_prebuilt_firmware_source(tmp_path, size, message):
+    """A recipe's firmware.source goes through prebuilt_firmware before the other stages run."""
+    from helpers import assert_one_line_error, run_cli
+    (tmp_path / "fw.bin").write_bytes(bytes(size))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("platform: snp\nfirmware: {source: {path: fw.bin}}\n"
+                      "kernel: {source: {path: fw.bin}}\nagent: {build: test-agent}\n")
+    out = run_cli(["build", str(recipe), "-o", str(tmp_path / "out"),
+                   "--cache", str(tmp_path / "cache")])
+    line = assert_one_line_error(out, contains=message)
+    assert "AmdSevX64" in line or "single -bios image" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_debian_ovmf_code_4m_is_refused_for_snp(debian_file):
     fw = debian_file(*OVMF_DEB)
