@@ -139,16 +139,6 @@ def read_text(path: str | os.PathLike, kind: str = "file", where: str | None = N
     return decode_utf8(read_regular(path, kind, shown, limit), kind, shown)
 
 
-def read_optional(path: str | None, kind: str, option: str) -> bytes | None:
-    """The bytes of a file named by a command-line option (None when the option was not given);
-    errors name the option and the path."""
-    if path is None:
-        return None
-    try:
-        return read_regular(path, kind, str(path))
-    except CCBuildError as e:
-        raise CCBuildError(f"cannot read {option} {path}: {e.what}") from None
-
 
 def check_text(value: str, where: str, what: str = "string") -> str:
     """A string that can be encoded as UTF-8 (no lone surrogates, e.g. from undecodable argv)."""

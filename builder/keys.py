@@ -133,14 +133,6 @@ def load_pem_certificates(data: bytes, what: str, count: int | None = None) -> l
         raise CCBuildError(f"{what}: holds {len(certs)} certificates, expected {count}")
     return [_checked(c, f"{what} (certificate {i + 1})") for i, c in enumerate(certs)]
 
-
-def require_rsa(cert: x509.Certificate, what: str) -> rsa.RSAPublicKey:
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise CCBuildError(f"{what}: certificate holds an {key_type_name(key)}, expected RSA")
-    return key
-
-
 # --- keys -----------------------------------------------------------------------------------------
 
 def load_private_key(pem: bytes, what: str) -> object:
@@ -157,11 +149,9 @@ def load_private_key(pem: bytes, what: str) -> object:
         raise CCBuildError(f"{what}: not a PEM private key ({_reason(e)})",
                            hint="give an unencrypted PEM private key") from None
 
-
 def load_ec_private_key(pem: bytes, what: str, curves: tuple[str, ...],
                         hint: str | None = None) -> ec.EllipticCurvePrivateKey:
     return check_ec_key(load_private_key(pem, what), what, curves, hint)
-
 
 def load_public_key(pem: bytes, what: str) -> object:
     """A PEM public key, or the public half of a PEM private key."""
@@ -172,7 +162,6 @@ def load_public_key(pem: bytes, what: str) -> object:
     except _LOAD_ERRORS as e:
         raise CCBuildError(f"{what}: not a PEM public key ({_reason(e)})",
                            hint="give a PEM public key (openssl pkey -pubout)") from None
-
 
 def load_ec_public_key(pem: bytes, what: str, curves: tuple[str, ...],
                        hint: str | None = None) -> ec.EllipticCurvePublicKey:

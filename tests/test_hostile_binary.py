@@ -503,11 +503,10 @@ def write(tmp_path: Path, data: bytes) -> Path:
                                            (b"data.tar.gz", gzip.compress),
                                            (b"data.tar.zst", zstd), (b"data.tar", None)])
 def test_deb_valid_member_and_symlink(name, compress, tmp_path, alarm):
-    from builder.sources.debian import deb_member, deb_members
+    from builder.sources.debian import deb_member
     p = write(tmp_path, deb(GOOD_TAR, name, compress))
     assert deb_member(p, "usr/share/ovmf/OVMF.fd") == FW_DATA
     assert deb_member(p, "/usr/share/qemu/OVMF.fd") == FW_DATA
-    assert deb_members(p) == ["usr/share/ovmf/OVMF.fd", "usr/share/qemu/OVMF.fd"]
 
 
 def _deb_error(tmp_path: Path, data: bytes, member: str = "usr/share/ovmf/OVMF.fd", **kw) -> str:

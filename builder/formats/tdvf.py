@@ -213,9 +213,3 @@ def has_tdvf_metadata(fw: bytes) -> bool:
         return parse_tdvf_metadata(fw) is not None
     except FormatError:
         return False
-
-
-def section_bytes(fw: bytes, s: TdvfSection) -> bytes:
-    """The section's guest-memory contents: its raw data, zero-filled to the memory size."""
-    data = take(fw, s.data_offset, s.raw_size, f"TDVF section {s.type.name} data")
-    return data + bytes(s.memory_size - s.raw_size)

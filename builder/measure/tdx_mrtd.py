@@ -34,14 +34,6 @@ class PageAddOrder(str, enum.Enum):
     TWO_PASS = "two-pass"
 
 
-def page_add_record(gpa: int) -> bytes:
-    return _RECORD.pack(_PAGE_ADD_TAG, gpa)
-
-
-def mr_extend_record(gpa: int) -> bytes:
-    return _RECORD.pack(_MR_EXTEND_TAG, gpa)
-
-
 _BLOCK_PAGES = 64  # pages per buffer handed to the hashing thread
 
 

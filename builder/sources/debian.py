@@ -453,10 +453,6 @@ def deb_member(deb_path: Path, member: str, what: str | None = None,
     return data
 
 
-def deb_members(deb_path: Path) -> list[str]:
-    index, _, _ = _scan(deb_path, deb_path.name)
-    return sorted(p for p, e in index.items() if e.kind in ("file", "symlink"))
-
 
 # -- source packages ---------------------------------------------------------------------------
 def fetch_source(store: Store, package: str, version: str, suite: str,
