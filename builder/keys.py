@@ -133,6 +133,7 @@ def load_pem_certificates(data: bytes, what: str, count: int | None = None) -> l
         raise CCBuildError(f"{what}: holds {len(certs)} certificates, expected {count}")
     return [_checked(c, f"{what} (certificate {i + 1})") for i, c in enumerate(certs)]
 
+
 # --- keys -----------------------------------------------------------------------------------------
 
 def load_private_key(pem: bytes, what: str) -> object:
