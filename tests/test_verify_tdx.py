@@ -165,3 +165,14 @@ def test_quote_registers_compared(tdx, tmp_path):
     assert rows["rtmr2"]["status"] == "FAIL"
     assert rows["rtmr0"]["status"] == "skip" and "no VMM profile" in rows["rtmr0"]["detail"]
 
+
+
+def test_malformed_variable_event_is_not_recomputable_not_an_error():
+    """A variable event whose UEFI_VARIABLE_DATA lengths lie cannot be recomputed from its data:
+    that is a finding about the log (None), not bad input ending the whole check."""
+    from builder.verify.tdx import _digest_from_data
+    bad = bytes(16) + struct.pack("<QQ", 1000, 5) + b"x" * 10
+    assert _digest_from_data("EV_EFI_VARIABLE_DRIVER_CONFIG", bad) is None
+    good = te.uefi_variable_data(te.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01")
+    assert _digest_from_data("EV_EFI_VARIABLE_DRIVER_CONFIG", good) == \
+        te.variable_driver_config_digest(te.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01")

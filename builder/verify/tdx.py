@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from builder.errors import CCBuildError, CheckFailed
+from builder.errors import CCBuildError, CheckFailed, FormatError
 from builder.formats import ccel, evidence, tcg, tdx_quote
 from builder.formats.tcg import parse_uefi_variable_data
 from builder.formats.tdvf import parse_tdvf_metadata
@@ -158,7 +158,7 @@ def _digest_from_data(type_name: str, data: bytes) -> bytes | None:
                      "EV_EFI_VARIABLE_BOOT"):
         try:
             vendor, name, value = parse_uefi_variable_data(data)
-        except (ValueError, UnicodeDecodeError):
+        except FormatError:       # malformed: the caller reports the event as not recomputable
             return None
         if type_name == "EV_EFI_VARIABLE_BOOT":
             return te.variable_boot_digest(value)
