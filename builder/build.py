@@ -154,14 +154,33 @@ def _rootfs(c: _Ctx, agent: bytes):
 
 
 def _cmdline(c: _Ctx, rootfs=None) -> str:
+    """The measured command line: the recipe's template, or with ``launch.kata`` what the Kata
+    runtime model composes (for the first pod CPU limit; builder.kata.recipe)."""
     r = c.lr.recipe
     extra = rootfs.cmdline_variables() if rootfs is not None else {}
-    return render_cmdline(r.cmdline, {"platform": r.platform, "name": c.lr.name, **extra})
+    variables = {"platform": r.platform, "name": c.lr.name, **extra}
+    if r.launch.kata is not None:
+        from builder.kata.recipe import kata_pods
+        return kata_pods(c.lr, rootfs.format if rootfs is not None else None,
+                         rootfs.kernel_verity_params() if rootfs is not None else "",
+                         variables)[0].cmdline
+    return render_cmdline(r.cmdline, variables)
 
 
 def _check_cmdline_template(lr: LoadedRecipe) -> None:
+    """A bad template, or (``launch.kata``) a Kata configuration the model refuses, fails now,
+    before the long stages."""
     r = lr.recipe
-    check_template(r.cmdline, {"platform": r.platform, "name": lr.name}, r.rootfs is not None)
+    variables = {"platform": r.platform, "name": lr.name}
+    if r.launch.kata is not None:
+        from builder.kata.recipe import kata_pods, rootfs_variables
+        from builder.stages.cmdline import KATA_VARIABLES
+        fmt = r.rootfs.format if r.rootfs is not None else None
+        kvp = ("root_hash=" + "0" * 64 + ",salt=" + "0" * 64 + ",data_blocks=1,"
+               "data_block_size=4096,hash_block_size=4096") if fmt else ""
+        kata_pods(lr, fmt, kvp, {**variables, **(rootfs_variables(fmt, kvp) if fmt else {})})
+        variables.update({k: "0" for k in KATA_VARIABLES})
+    check_template(r.cmdline, variables, r.rootfs is not None)
 
 
 def _measure(c: _Ctx, fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str) -> dict:

@@ -238,6 +238,49 @@ class TdxRecord:
 
 
 @dataclass(frozen=True)
+class KataPodRecord:
+    pod_cpus: int = doc("the pod's CPU limit (launch.kata.pod_cpus)", minimum=0, maximum=512)
+    vcpus: int = doc("vCPUs the runtime starts QEMU with", minimum=1, maximum=512)
+    smp: str = doc("QEMU -smp", max_length=256)
+    cpu: str = doc("QEMU -cpu", max_length=4096)
+    memory_mib: int = doc("QEMU -m, MiB", minimum=1, maximum=1 << 32)
+    cmdline: str = doc("the measured kernel command line of this launch", max_length=4096)
+    cmdline_sha256: str = doc("SHA-256 of that command line (UTF-8)", pattern=HEX64)
+    same_cmdline: bool = doc("the command line is cmdline.txt (Kata 3.31.0 adds nr_cpus=, so "
+                             "another pod size may have its own)")
+    launch_digests: dict[str, str] | None = doc("SNP: guest features (hex) -> launch digest",
+                                                default=None)
+    mrtd: str | None = doc("TDX MRTD", default=None, pattern=HEX96)
+    rtmr0: str | None = doc("TDX RTMR0 (null when not predicted)", default=None, pattern=HEX96)
+    rtmr1: str | None = doc("TDX RTMR1", default=None, pattern=HEX96)
+    rtmr2: str | None = doc("TDX RTMR2", default=None, pattern=HEX96)
+    rtmr3: str | None = doc("TDX RTMR3", default=None, pattern=HEX96)
+
+    def validate(self, ctx: Ctx, where: str) -> None:
+        for k, v in (self.launch_digests or {}).items():
+            if not re.fullmatch(HEXINT, k) or not re.fullmatch(HEX96, v):
+                ctx.fail(f"{where}.launch_digests", f"{short(k)}: not a guest features value "
+                         "and a launch digest")
+
+
+@dataclass(frozen=True)
+class KataRecord:
+    version: str = doc("the Kata release modelled", pattern=r"\d{1,3}\.\d{1,3}\.\d{1,3}")
+    commit: str = doc("its commit", pattern=r"[0-9a-f]{40}")
+    runtime: Literal["go"] = doc("the runtime flavour")
+    configuration: str = doc("the Kata configuration the recipe names", max_length=4096)
+    mode: Literal["image", "initrd"] = doc("how the guest boots")
+    kernel_verity_params: str | None = doc("the image's kernel_verity_params", default=None,
+                                           max_length=1024)
+    pods: tuple[KataPodRecord, ...] = doc("pod CPU limit -> vCPUs -> launch digest / registers",
+                                          default=())
+
+    def validate(self, ctx: Ctx, where: str) -> None:
+        if len(self.pods) > MAX_ENTRIES:
+            ctx.fail(f"{where}.pods", f"more than {MAX_ENTRIES} entries")
+
+
+@dataclass(frozen=True)
 class Measurements:
     snp: tuple[SnpEntry, ...] | None = doc("SNP launch digests, one per launch configuration",
                                            default=None)
@@ -245,6 +288,8 @@ class Measurements:
     tdx: TdxRecord | None = doc("TDX registers and expected event log", default=None)
     initdata: InitdataRecord | None = doc("the initdata document's digest and TEE value",
                                           default=None)
+    kata: KataRecord | None = doc("launch.kata: what the Kata runtime launches per pod CPU limit",
+                                  default=None)
 
     def validate(self, ctx: Ctx, where: str) -> None:
         if self.snp is not None and len(self.snp) > MAX_ENTRIES:

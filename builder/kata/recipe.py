@@ -139,3 +139,31 @@ def compose_pods(lr, cfg: KataConfig, render=None) -> list[KataPod]:
             render(launch.append)
         out.append(KataPod(cpus, launch, cmdline))
     return out
+
+
+def rootfs_variables(fmt: str, kernel_verity_params: str) -> dict[str, str]:
+    """The template variables a rootfs build gives (builder.stages.rootfs
+    ``Rootfs.cmdline_variables``), from its format and ``kernel_verity_params``."""
+    cfg = parse_kernel_verity_params(kernel_verity_params)
+    sectors = cfg.data_blocks * cfg.data_block_size // 512
+    dm = (f'dm-mod.create="dm-verity,,,ro,0 {sectors} verity 1 {DATA_DEV} {HASH_DEV} '
+          f'{cfg.data_block_size} {cfg.hash_block_size} {cfg.data_blocks} 0 sha256 '
+          f'{cfg.root_hash} {cfg.salt}"')
+    return {"verity_params": f"{dm} root=/dev/dm-0 rootfstype={fmt} ro",
+            "kata_verity_params": kernel_verity_params, "root_hash": cfg.root_hash,
+            "verity_salt": cfg.salt}
+
+
+def kata_pods(lr, rootfs_format: str | None, kernel_verity_params: str,
+              variables: dict[str, str]) -> list[KataPod]:
+    """The recipe's Kata configuration completed with the build (``rootfs_format`` None: an
+    initrd boot), composed once per pod CPU limit, each with its measured command line
+    (``variables``: the template's other variables)."""
+    from builder.stages.cmdline import render_cmdline
+    cfg = read_config(lr)
+    image_file = "rootfs.img" if rootfs_format is not None else "initrd.img"
+    cfg = completed(cfg, image_file, rootfs_format, kernel_verity_params)
+
+    def render(append: str) -> str:
+        return render_cmdline(lr.recipe.cmdline, {**variables, "kata_cmdline": append})
+    return compose_pods(lr, cfg, render)

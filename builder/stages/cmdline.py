@@ -185,6 +185,9 @@ def _render(env: jinja2.Environment, source: str, variables: dict) -> str:
 
 # Variables a rootfs build adds; before the rootfs exists they are checked with stand-ins.
 ROOTFS_VARIABLES = ("verity_params", "kata_verity_params", "root_hash", "verity_salt")
+# Variables a recipe with launch.kata adds: the command line the Kata runtime model composes
+# (builder.kata.recipe); with the default template it is the measured command line itself.
+KATA_VARIABLES = ("kata_cmdline",)
 
 
 def check_template(c: Cmdline, variables: dict[str, str], rootfs: bool,
