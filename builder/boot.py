@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import log
+from builder.stages.chain import kernel_params
 from builder.errors import CCBuildError
 from builder.inputs import decode_utf8, file_type_name, open_regular, read_regular
 
@@ -164,13 +165,30 @@ def qemu_argv(o: OutDir, accel: str, bios: list[str], serial_log: Path,
     return [qemu, "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
             "-smp", "1", "-m", str(o.memory_mib), "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot", "-monitor", "none",
-            "-serial", f"file:{serial_log}", *bios,
+            *console_args(cmdline, serial_log), *bios,
             "-kernel", str(o.path / "vmlinuz"), *image_args(o), "-append", cmdline]
+
+
+def console_args(cmdline: str, log: Path) -> list[str]:
+    """Where the guest's console goes: the serial port, or, when the command line names a
+    virtio console (Kata's ``console=hvc0``, virtcontainers/qemu_arch_base.go appendConsole), a
+    virtconsole on a virtio-serial bus as Kata attaches it; the firmware's serial output then
+    goes to ``LOG.firmware``. Either way the guest's console lands in ``log``."""
+    consoles = [v for n, v in kernel_params(cmdline) if n == "console" and v]
+    if not any(c.split(",")[0] == "hvc0" for c in consoles):
+        return ["-serial", f"file:{log}"]
+    return ["-serial", f"file:{log}.firmware", "-device", "virtio-serial-pci,id=ser0",
+            "-chardev", f"file,id=con0,path={_qemu_opt(log)}", "-device", "virtconsole,chardev=con0"]
+
+
+def _qemu_opt(value) -> str:
+    """A value inside a QEMU ``key=value,...`` option: commas doubled (QEMU's escape)."""
+    return str(value).replace(",", ",,")
 
 
 def image_args(o: OutDir) -> list[str]:
     if o.image == "rootfs.img":      # /dev/vda: p1 the file system, p2 its verity tree
-        return ["-drive", f"file={o.path / o.image},format=raw,if=none,id=rootfs,readonly=on",
+        return ["-drive", f"file={_qemu_opt(o.path / o.image)},format=raw,if=none,id=rootfs,readonly=on",
                 "-device", "virtio-blk-pci,drive=rootfs"]
     return ["-initrd", str(o.path / o.image)]
 

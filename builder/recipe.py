@@ -404,6 +404,8 @@ class LoadedRecipe:
                 out.append((f"launch.snp.{key}", getattr(r.launch.snp, key), False))
         if r.launch.tdx.profile:
             out.append(("launch.tdx.profile", r.launch.tdx.profile, False))
+        if r.launch.kata is not None:
+            out.append(("launch.kata.configuration", r.launch.kata.configuration, False))
         return out
 
     def check_paths(self) -> None:

@@ -218,9 +218,6 @@ def test_boots_to_the_agent_with_the_composed_cmdline(kata_out, platform, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.boot
-@pytest.mark.xfail(reason="ccbuild boot has no virtio console (console=hvc0, Kata's "
-                   "appendConsole) yet: builder/boot.py must add virtio-serial-pci + virtconsole",
-                   strict=False)
 def test_ccbuild_boot_reaches_the_agent(kata_out, tmp_path):
     out = kata_out("tdx")
     cp = ccbuild("boot", out, "--json", "--accel", "tcg", "--timeout", "300", "--log",

@@ -157,18 +157,27 @@ def tdx_launches(view: BuildView) -> list[Launch]:
     obj = ["tdx-guest", "id=tdx0"]
     if init.get("tdx_mrconfigid_base64"):
         obj.append(f"mrconfigid={qemu_opt(init['tdx_mrconfigid_base64'], 'initdata mrconfigid', where)}")
-    values = [("mrtd", t["mrtd"])]
-    for r in ("rtmr0", "rtmr1", "rtmr2", "rtmr3"):
-        values.append((r, t.get(r) or f"null ({t.get(r + '_reason', 'not computed')})"))
-    if init:
-        values.append(("mrconfigid", init["tdx_mrconfigid"]))
+    def values_of(rec: dict) -> tuple:
+        values = [("mrtd", rec["mrtd"])]
+        for r in ("rtmr0", "rtmr1", "rtmr2", "rtmr3"):
+            values.append((r, rec.get(r) or f"null ({t.get(r + '_reason', 'not computed')})"))
+        if init:
+            values.append(("mrconfigid", init["tdx_mrconfigid"]))
+        return tuple(values)
+
+    kata = view.measurements.get("kata")
+    if kata:   # the launches the Kata runtime makes, one per pod size whose cmdline is cmdline.txt
+        shapes = {(p["vcpus"], p["memory_mib"]): values_of(p) for p in kata["pods"]
+                  if p["same_cmdline"]}
+    else:
+        shapes = {(n, mem): values_of(t) for n in expand_vcpus(view.lr.recipe.launch.vcpus)}
     out = []
-    for n in expand_vcpus(view.lr.recipe.launch.vcpus):
+    for (n, m), values in shapes.items():
         groups = (("-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0"),
                   ("-object", ",".join(obj)),
-                  ("-accel", "kvm"), ("-cpu", "host"), ("-smp", str(n)), ("-m", f"{mem}M"),
+                  ("-accel", "kvm"), ("-cpu", "host"), ("-smp", str(n)), ("-m", f"{m}M"),
                   *_boot_files(view))
-        out.append(Launch(len(out) + 1, f"vcpus={n} memory={mem}M", tuple(values), groups,
+        out.append(Launch(len(out) + 1, f"vcpus={n} memory={m}M", values, groups,
                           script=where))
     return out
 
