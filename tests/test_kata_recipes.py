@@ -186,17 +186,17 @@ def test_ext4_image_rebuilt_later_is_identical(kata_out, recipe_file, tmp_path):
 
 
 def _virtconsole_boot(out: Path, tmp_path: Path) -> str:
-    """QEMU as `ccbuild boot` runs it (builder.boot.qemu_argv) plus the virtio console Kata gives
-    the guest (qemu_arch_base.go appendConsole: virtio-serial + virtconsole; the command line
-    says console=hvc0), whose output is the log."""
+    """QEMU as `ccbuild boot` runs it (builder.boot.qemu_argv), which gives the guest the virtio
+    console Kata gives it (qemu_arch_base.go appendConsole: virtio-serial + virtconsole; the
+    command line says console=hvc0); its output is the log."""
     from builder.boot import load_out, qemu_argv
     o = load_out(out)
     fw = ["-bios", str(out / "firmware.fd")] if o.platform == "tdx" else []
-    argv = qemu_argv(o, "tcg", fw, tmp_path / "serial.log")
     hvc = tmp_path / "hvc0.log"
-    argv += ["-device", "virtio-serial-pci,id=ser0", "-chardev", f"file,id=con0,path={hvc}",
-             "-device", "virtconsole,chardev=con0"]
+    argv = qemu_argv(o, "tcg", fw, hvc)
     assert argv[argv.index("-append") + 1] == (out / "cmdline.txt").read_text()
+    # console=hvc0 on Kata's command line: the guest console is a virtconsole whose file is hvc
+    assert f"file,id=con0,path={hvc}" in argv and "virtconsole,chardev=con0" in argv
     subprocess.run(argv, timeout=600, capture_output=True)
     return hvc.read_text(errors="replace")
 
@@ -270,3 +270,36 @@ def test_bad_kata_input_is_one_line_naming_the_key(recipe_dir, tmp_path, case):
     line = assert_one_line_error(run_cli(args, timeout=120), codes=(2,), contains=want)
     assert str(tmp_path) not in line.replace(str(d / "kata-qemu-snp.yaml"), "")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["snp", "tdx"])
+def test_verify_recomputes_every_pod(kata_out, platform, tmp_path):
+    """`ccbuild verify OUT` recomputes the kata table's pods; a pod value changed (with the hashes
+    made consistent again, so only the recomputation can notice) is a failed check naming it."""
+    import hashlib
+    out = kata_out(platform)
+    cp = ccbuild("verify", out)
+    assert cp.returncode == 0 and "kata pod" in cp.stdout, cp.stdout + cp.stderr
+    bad = tmp_path / "out"
+    shutil.copytree(out, bad)
+    m = json.loads((bad / "measurements.json").read_text())
+    pod = m["kata"]["pods"][-1]
+    if platform == "snp":
+        f = next(iter(pod["launch_digests"]))
+        pod["launch_digests"][f] = "0" * 96
+    else:
+        pod["rtmr2"] = "0" * 96
+    data = json.dumps(m, indent=2, sort_keys=True).encode() + b"\n"
+    (bad / "measurements.json").write_bytes(data)
+    man = json.loads((bad / "manifest.json").read_text())
+    for o in man["outputs"]:
+        if o["path"] == "measurements.json":
+            o["sha256"], o["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (bad / "manifest.json").write_bytes(json.dumps(man, indent=2, sort_keys=True).encode() + b"\n")
+    sums = "".join(f"{hashlib.sha256((bad / n).read_bytes()).hexdigest()}  {n}\n"
+                   for n in sorted(p.name for p in bad.iterdir() if p.name != "SHA256SUMS"))
+    (bad / "SHA256SUMS").write_text(sums)
+    cp = ccbuild("verify", bad)
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert f"kata pod {pod['pod_cpus']} CPUs" in cp.stdout + cp.stderr
