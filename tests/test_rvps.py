@@ -31,3 +31,23 @@ def test_tdx_values_skip_unknown_registers():
     rv = decode(message(m))
     assert rv == {"mr_td": ["aa" * 48], "rtmr_1": ["b1" * 48], "rtmr_2": ["b2" * 48],
                   "rtmr_3": ["00" * 48]}
+
+
+def test_kata_pods_are_reference_values_too():
+    """A Kata recipe: a launch of any measured pod size must be accepted, so every pod's values
+    (Kata 3.31.0 gives each its own command line, so its own digests) are reference values."""
+    snp = [{"vcpus": 1, "vcpu_type": "EPYC-v4", "vcpu_sig": "0x800f12", "vmm": "qemu",
+            "guest_features": "0x1", "launch_digest": "01" * 48}]
+    pods = [{"pod_cpus": 0, "vcpus": 1, "launch_digests": {"0x1": "01" * 48}},
+            {"pod_cpus": 2, "vcpus": 3, "launch_digests": {"0x1": "03" * 48}}]
+    rv = decode(message({"snp": snp, "kata": {"pods": pods}}))
+    assert rv == {"snp_launch_measurement": ["01" * 48, "03" * 48]}
+    tdx = {"mrtd": "aa" * 48, "rtmr0": None, "rtmr1": "b1" * 48, "rtmr2": "b2" * 48,
+           "rtmr3": "00" * 48}
+    pods = [{"pod_cpus": 0, "mrtd": "aa" * 48, "rtmr0": None, "rtmr1": "b1" * 48,
+             "rtmr2": "b2" * 48, "rtmr3": "00" * 48},
+            {"pod_cpus": 4, "mrtd": "aa" * 48, "rtmr0": None, "rtmr1": "b1" * 48,
+             "rtmr2": "c2" * 48, "rtmr3": "00" * 48}]
+    rv = decode(message({"tdx": tdx, "kata": {"pods": pods}}))
+    assert rv == {"mr_td": ["aa" * 48], "rtmr_1": ["b1" * 48], "rtmr_2": ["b2" * 48, "c2" * 48],
+                  "rtmr_3": ["00" * 48]}

@@ -5,7 +5,7 @@ Trustee's Reference Value Provider Service takes ``{"version": "0.1.0", "type": 
 service's default policy reads these names: ``snp_launch_measurement`` (SNP MEASUREMENT),
 ``mr_td``, ``rtmr_1`` and ``rtmr_2`` (TDX); ``rtmr_0`` and ``rtmr_3`` follow the same pattern
 and are given when the build could compute them. Values are lowercase hex, as the policy's
-evidence claims are.
+evidence claims are. A Kata recipe lists the values of every pod size it measured.
 """
 
 from __future__ import annotations
@@ -21,16 +21,20 @@ MESSAGE_VERSION = "0.1.0"
 
 
 def reference_values(measurements: dict) -> dict[str, list[str]]:
-    rv: dict[str, list[str]] = {}
+    """Every value a launch of these artifacts may report: the SNP matrix, the TDX record and,
+    for a Kata recipe, every pod size's values (each pod's own command line and vCPUs)."""
+    pods = (measurements.get("kata") or {}).get("pods", [])
+    rv: dict[str, set[str]] = {}
     if "snp" in measurements:
-        rv["snp_launch_measurement"] = sorted({e["launch_digest"] for e in measurements["snp"]})
+        rv["snp_launch_measurement"] = {e["launch_digest"] for e in measurements["snp"]}
+        for p in pods:
+            rv["snp_launch_measurement"].update((p.get("launch_digests") or {}).values())
     if "tdx" in measurements:
-        t = measurements["tdx"]
-        rv["mr_td"] = [t["mrtd"]]
-        for i in range(4):
-            if t.get(f"rtmr{i}") is not None:
-                rv[f"rtmr_{i}"] = [t[f"rtmr{i}"]]
-    return rv
+        for rec in [measurements["tdx"], *pods]:
+            for key, reg in [("mr_td", "mrtd")] + [(f"rtmr_{i}", f"rtmr{i}") for i in range(4)]:
+                if rec.get(reg) is not None:
+                    rv.setdefault(key, set()).add(rec[reg])
+    return {k: sorted(v) for k, v in rv.items()}
 
 
 def message(measurements: dict) -> dict:
