@@ -24,6 +24,7 @@ VERB_MODULES = [
     "builder.cli.boot",
     "builder.cli.verify",
     "builder.cli.kata",
+    "builder.cli.explain",
 ]
 
 

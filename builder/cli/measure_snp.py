@@ -17,14 +17,21 @@ from builder.measure.vmsa import Vmm
 MODES = ("snp", "snp:ovmf-hash")
 SIGNATURE_MAX = 0x0FFF_FFFF   # CPUID Fn0000_0001_EAX: bits 27:0 carry family/model/stepping
 GUEST_FEATURES_MAX = (1 << 64) - 1  # SEV_FEATURES is a u64 VMSA field (offset 0x3B0)
+MAX_DIGEST_TEXT = 256   # a hex digest option longer than this is not a digest
 
 
 def register(sub) -> None:
     p = sub.add_parser("snp", help="SEV-SNP launch digest",
                        description="Print the SEV-SNP launch digest (MEASUREMENT) of a launch.")
     p.add_argument("--firmware", required=True, metavar="F", help="the single -bios OVMF image")
-    p.add_argument("--kernel", metavar="K", help="kernel file (QEMU -kernel, kernel-hashes=on)")
-    p.add_argument("--initrd", metavar="I", help="initrd file (QEMU -initrd)")
+    kernel = p.add_mutually_exclusive_group()
+    kernel.add_argument("--kernel", metavar="K", help="kernel file (QEMU -kernel, kernel-hashes=on)")
+    kernel.add_argument("--kernel-sha256", metavar="HEX",
+                        help="the kernel's SHA-256 instead of the file (a published manifest)")
+    initrd = p.add_mutually_exclusive_group()
+    initrd.add_argument("--initrd", metavar="I", help="initrd file (QEMU -initrd)")
+    initrd.add_argument("--initrd-sha256", metavar="HEX",
+                        help="the initrd's SHA-256 instead of the file")
     p.add_argument("--append", metavar="STR", help="the final kernel command line (QEMU -append)")
     p.add_argument("--vcpus", metavar="N", help=f"number of vCPUs (1..{MAX_VCPUS})")
     cpu = p.add_mutually_exclusive_group()
@@ -41,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--mode", default="snp", choices=MODES,
                    help="snp: the launch digest; snp:ovmf-hash: only the firmware part")
     p.add_argument("--ovmf-hash", metavar="HEX",
-                   help="start from this firmware-only digest instead of hashing the firmware")
+                   help="start from this firmware-only digest instead of hashing the firmware "
+                   "(--firmware then gives only the SEV metadata layout)")
     p.add_argument("--format", default="hex", choices=("hex", "base64"))
     p.add_argument("--json", action="store_true",
                    help="print the full record: inputs, parameters, page-operation transcript")
@@ -74,6 +82,22 @@ def _file_record(data: bytes | None) -> dict | None:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+def sha256_arg(text: str | None, option: str) -> bytes | None:
+    """A SHA-256 given on the command line as 64 hex digits (None when the option is absent)."""
+    if text is None:
+        return None
+    hint = "give the 32-byte digest as 64 hex digits"
+    if len(text) > 2 * MAX_DIGEST_TEXT:
+        raise CCBuildError(f"{option} is not a SHA-256 ({len(text)} characters)", hint=hint)
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise CCBuildError(f"{option} {shown(text)} is not hex", hint=hint) from None
+    if len(value) != 32:
+        raise CCBuildError(f"{option} has {len(value)} bytes, expected 32", hint=hint)
+    return value
+
+
 def _ovmf_hash(text: str | None) -> bytes | None:
     if text is None:
         return None
@@ -93,16 +117,23 @@ def run(args) -> int:
     append = text_arg(args.append, "--append")
     fw = read_input(args.firmware, "--firmware", "firmware")
     kernel = read_input(args.kernel, "--kernel", "kernel")
+    kernel_sha256 = sha256_arg(args.kernel_sha256, "--kernel-sha256")
+    if kernel is not None:
+        kernel_sha256 = hashlib.sha256(kernel).digest()
     # The initrd is only hashed: streamed, never held in memory (it may be 2 GiB).
     initrd = hash_input(args.initrd, "--initrd", "initrd")
-    if kernel is None and (initrd is not None or append is not None):
-        raise CCBuildError("--initrd and --append need --kernel",
+    initrd_sha256 = sha256_arg(args.initrd_sha256, "--initrd-sha256")
+    if initrd_sha256 is not None:
+        initrd = (initrd_sha256, None)
+    if kernel_sha256 is None and (initrd is not None or append is not None):
+        raise CCBuildError("--initrd and --append need --kernel (or --kernel-sha256)",
                            hint="QEMU measures them only with a kernel")
     params_record: dict = {"mode": args.mode}
     if args.mode == "snp:ovmf-hash":
-        if kernel is not None or args.ovmf_hash is not None:
+        if kernel_sha256 is not None or initrd is not None or append is not None \
+                or args.ovmf_hash is not None:
             raise CCBuildError("mode snp:ovmf-hash measures the firmware alone",
-                               hint="drop --kernel/--initrd/--append/--ovmf-hash")
+                               hint="drop --kernel/--initrd/--append/--ovmf-hash and the digests")
         result = measure_firmware_only(fw)
     else:
         if args.vcpus is None:
@@ -112,8 +143,8 @@ def run(args) -> int:
         features = int_arg(args.guest_features, "--guest-features", 0, GUEST_FEATURES_MAX)
         seed = _ovmf_hash(args.ovmf_hash)
         hashes = None
-        if kernel is not None:
-            hashes = KernelHashes.of_digests(hashlib.sha256(kernel).digest(),
+        if kernel_sha256 is not None:
+            hashes = KernelHashes.of_digests(kernel_sha256,
                                              None if initrd is None else initrd[0], append)
         params = SnpParams(vcpus=vcpus, vcpu_sig=sig, vmm=Vmm.parse(args.vmm),
                            guest_features=features, kernel_hashes=hashes, ovmf_hash=seed)
@@ -134,12 +165,14 @@ def run(args) -> int:
         "launch_digest": digest.hex(),
         "value": value,
         "format": args.format,
-        "inputs": {"firmware": _file_record(fw), "kernel": _file_record(kernel),
+        "inputs": {"firmware": _file_record(fw),
+                   "kernel": (_file_record(kernel) if kernel is not None or kernel_sha256 is None
+                              else {"sha256": kernel_sha256.hex(), "size": None}),
                    "initrd": (None if initrd is None
                               else {"sha256": initrd[0].hex(), "size": initrd[1]}),
                    "append": append,
                    "cmdline_sha256": (hashlib.sha256(measured_cmdline(append)).hexdigest()
-                                      if kernel is not None else None)},
+                                      if kernel_sha256 is not None else None)},
         "parameters": params_record,
         "transcript": [op.as_dict() for op in result.transcript],
     }
