@@ -212,6 +212,10 @@ def _inputs(args):
         sources["cmdline"] = "--append"
     ovmf = _ovmf_hash(args.ovmf_hash)
     if ovmf is not None:
+        from builder.measure.snp import ovmf_hash
+        if "firmware" not in overridden and fw is not None and args.out is not None \
+                and ovmf_hash(fw) != ovmf:
+            overridden.append("firmware")
         sources["ovmf_hash"] = f"--ovmf-hash {ovmf.hex()[:16]}..."
         if "firmware" in sources:
             sources["firmware"] += " (SEV metadata layout only)"

@@ -319,7 +319,11 @@ def _differences(m: SnpMatch, inputs: SnpInputs, published: Published | None
                          "of nothing for it)")
             short.append("no initrd")
     for name in inputs.overridden:
-        diffs.append(f"{name}: {inputs.sources.get(name, 'given')} was launched, not OUT's")
+        src = inputs.sources.get(name, "given")
+        if name == "firmware" and inputs.ovmf_digest is not None and "firmware" in src \
+                and src.startswith("OUT/"):
+            src = f"the firmware of {inputs.sources['ovmf_hash']}"
+        diffs.append(f"{name}: {src} was launched, not OUT's")
         short.append(f"another {name}")
     return diffs, short, entry
 
