@@ -5,6 +5,7 @@ through `ccbuild build` (exit 2, one line on stderr) on the shipped recipe."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,8 +163,10 @@ def test_build_refuses_with_one_line(recipe_file, tmp_path, override, message):
 
 @pytest.mark.slow
 def test_build_refuses_snp_firmware_without_kernel_hashes(recipe_file, vectors, tmp_path):
-    fw = vectors / "snp/sev-snp-measure/ovmf_OvmfX64_suffix.bin"
-    cp = ccbuild("build", recipe_file("snp"), "-o", tmp_path / "out",
-                 "--set", f'firmware={{"source": {{"path": "{fw}"}}}}')
+    recipe = recipe_file("snp")
+    fw = recipe.parent / "ovmf_OvmfX64_suffix.bin"      # beside the recipe: paths are confined
+    shutil.copy(vectors / "snp/sev-snp-measure/ovmf_OvmfX64_suffix.bin", fw)
+    cp = ccbuild("build", recipe, "-o", tmp_path / "out",
+                 "--set", f'firmware={{"source": {{"path": "{fw.name}"}}}}')
     assert cp.returncode == 2, cp.stderr
     assert cp.stderr.strip().splitlines() == [f"ccbuild: error: {FW_MESSAGE}"]
