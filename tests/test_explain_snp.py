@@ -353,3 +353,46 @@ def test_bad_inputs(out, files, tmp_path):
         rc, _, err = run(args)
         assert rc == 2, (name, rc, err)
         one_line_error(rc, err, 2)
+
+
+# --- Kata: the runtime release's composition ------------------------------------------------------
+
+def test_kata_release_composition_is_named(fw, files, tmp_path):
+    """OUT of a launch.kata recipe (Kata 4.1.0, pod CPU limits 0 and 2); the node runs Kata 3.31.0,
+    which adds nr_cpus=<vCPUs> to the command line: explain names that release's composition."""
+    from builder.kata.config import load_kata_config
+    from builder.kata.go_runtime import HostFacts, Pod, compose
+    from builder.kata.versions import KATA_RELEASES
+    from builder.measure.sev_hashes import KernelHashes
+    from builder.measure.snp import snp_matrix
+    toml = Path(__file__).resolve().parent.parent / "recipes/kata/configuration-qemu-snp-4.1.toml"
+    cfg = load_kata_config(toml)
+    launches = {(tag, cpus): compose(cfg, KATA_RELEASES[tag], HostFacts(tee="snp"),
+                                     Pod(cpus=float(cpus)))
+                for tag in ("4.1.0", "3.31.0") for cpus in (0, 2)}
+    first = launches["4.1.0", 0]
+    pods = [{"pod_cpus": c, "vcpus": launches["4.1.0", c].vcpus, "smp": launches["4.1.0", c].smp,
+             "cpu": launches["4.1.0", c].cpu, "memory_mib": 2048,
+             "cmdline": launches["4.1.0", c].append,
+             "cmdline_sha256": hashlib.sha256(launches["4.1.0", c].append.encode()).hexdigest(),
+             "same_cmdline": launches["4.1.0", c].append == first.append} for c in (0, 2)]
+    kata = {"version": "4.1.0", "commit": KATA_RELEASES["4.1.0"].commit, "runtime": "go",
+            "configuration": "kata/configuration-qemu-snp-4.1.toml", "mode": "image",
+            "pods": pods}
+    entries = snp_matrix(fw, KernelHashes.of(KERNEL, None, first.append),
+                         [p["vcpus"] for p in pods], ["EPYC-v4"], ["qemu"], [0x1])
+    out = write_small_out(tmp_path / "out", {
+        "firmware.fd": fw, "vmlinuz": KERNEL, "cmdline.txt": first.append.encode(),
+        "kata-configuration-qemu-snp.toml": toml.read_bytes()}, {"snp": entries, "kata": kata})
+    old = launches["3.31.0", 2]
+    assert "nr_cpus=" in old.append and old.append != launches["4.1.0", 2].append
+    r = report_file(tmp_path, guest.snp_calc_launch_digest(
+        old.vcpus, EPYC_V4, str(files["fw"]), str(files["kernel"]), None, old.append, 1, "",
+        VMMType.QEMU))
+    rc, doc, err = explain_json(["--snp-report", r, str(out)])
+    assert rc == 0, err
+    assert doc["match"]["vcpus"] == old.vcpus == 3
+    assert doc["match"]["cmdline"] == old.append
+    assert len(doc["differences"]) == 1, doc["differences"]
+    assert doc["differences"][0].startswith(
+        "command line: Kata 3.31.0 composition (pod CPUs 2); OUT was composed for Kata 4.1.0")
