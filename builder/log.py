@@ -1,18 +1,44 @@
-"""Console logging: step timings, optional command echo, progress bars only on a terminal."""
+"""Console logging: step timings, optional command echo, and progress that works with or without a
+terminal.
+
+Progress modes (:func:`progress_mode`; ``CCBUILD_PROGRESS=auto|bars|lines|json|off`` or
+:func:`set_progress`, ``auto`` by default):
+
+- ``bars`` (``auto`` on an interactive terminal outside CI): tqdm bars, as always;
+- ``heartbeat`` (``auto`` elsewhere: a CI log, a pipe): no bars; a long external build (EDK2, a
+  kernel; :func:`bar` objects fed by :func:`builder.run.run_streamed`) prints one progress line
+  at most every :data:`HEARTBEAT` seconds (``edk2 amdsev: 312/1043 modules, 2m30s``), so a log
+  shows life; nothing else is added, so a failing command still prints exactly one error line;
+- ``lines``: heartbeat, plus one line when a step starts and one when it ends
+  (``ccbuild: step firmware: start`` / ``... end 0.12s (cache hit: ...)``);
+- ``json``: one JSON object per line for each step start, end (with ``duration`` and, when the
+  step knows, ``cache``: ``hit``/``miss`` and ``why``) and heartbeat.
+
+Everything goes to stderr: stdout stays what each verb documents (``--json`` summaries).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
 from typing import Iterator
 
-_state = {"verbose": False, "debug": False, "quiet": False}
+_state = {"verbose": False, "debug": False, "quiet": False, "progress": None}
+MODES = ("bars", "heartbeat", "lines", "json", "off")
+HEARTBEAT = 30.0          # seconds between progress lines of a long step without a terminal
+_steps: list[dict] = []   # the open steps, innermost last
 
 
 def configure(verbose: bool = False, debug: bool = False, quiet: bool = False) -> None:
     _state.update(verbose=verbose or debug, debug=debug, quiet=quiet)
+
+
+def set_progress(mode: str | None) -> None:
+    """Force a progress mode (one of :data:`MODES`, ``auto`` or None for the default)."""
+    _state["progress"] = None if mode in (None, "auto") else mode
 
 
 def verbose() -> bool:
@@ -31,27 +57,144 @@ def echo_command(argv: list[str]) -> None:
         info("+ " + shlex.join(str(a) for a in argv))
 
 
+def progress_mode() -> str:
+    """bars | heartbeat | lines | json | off (see the module's text)."""
+    if _state["quiet"]:
+        return "off"
+    mode = _state["progress"] or os.environ.get("CCBUILD_PROGRESS", "auto")
+    if mode in MODES:
+        return mode
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return "bars" if tty and not os.environ.get("CI") else "heartbeat"
+
+
 def progress_enabled() -> bool:
     """Bars only on an interactive terminal, never in CI."""
-    return (not _state["quiet"] and sys.stderr.isatty() and not os.environ.get("CI"))
+    return progress_mode() == "bars"
+
+
+def _emit(event: dict, text: str) -> None:
+    if progress_mode() == "json":
+        print(json.dumps(event, sort_keys=True, ensure_ascii=True), file=sys.stderr, flush=True)
+    else:
+        print(f"ccbuild: {text}", file=sys.stderr, flush=True)
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Heartbeat:
+    """A progress counter that prints a line at most every ``interval`` seconds (the first after
+    ``interval``), in the heartbeat, lines and json modes; tqdm's ``update``/context protocol."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, interval: float | None = None,
+                 clock=time.monotonic):
+        import threading
+        self.total, self.desc, self.unit = total, desc, unit
+        self.interval = HEARTBEAT if interval is None else interval
+        self._lock = threading.Lock()
+        self.n = 0
+        self.clock = clock
+        self.t0 = self.last = clock()
+        self.lines = 0            # progress lines printed
+        self.log_lines = 0        # output lines of the tool seen (run_streamed)
+        self._stop = None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.tick()
+
+    def line(self) -> None:
+        """One output line of the tool (that is not a counted unit)."""
+        self.log_lines += 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Print a progress line when ``interval`` has passed since the last one."""
+        with self._lock:
+            now = self.clock()
+            if now - self.last < self.interval or progress_mode() not in ("heartbeat", "lines",
+                                                                          "json"):
+                return
+            self.last = now
+        self.lines += 1
+        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        logs = f", {self.log_lines} log lines" if self.log_lines else ""
+        _emit({"event": "progress", "step": self.desc, "done": self.n, "total": self.total,
+               "unit": self.unit, "log_lines": self.log_lines,
+               "elapsed": round(now - self.t0, 1)},
+              f"{self.desc}: {done} {self.unit}s{logs}, {_duration(now - self.t0)}")
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+
+    def __enter__(self):
+        """Also tick from a timer thread, so a tool silent for minutes still shows life."""
+        import threading
+        if progress_mode() in ("heartbeat", "lines", "json") and self._stop is None:
+            stop = self._stop = threading.Event()
+
+            def beat():
+                while not stop.wait(min(1.0, self.interval)):
+                    self.tick()
+            threading.Thread(target=beat, name="ccbuild-heartbeat", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def bar(total: int | None, desc: str, unit: str = "B"):
-    """A tqdm bar on a terminal, a no-op object elsewhere."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False,
-                disable=not progress_enabled(), file=sys.stderr)
+    """A tqdm bar on a terminal; elsewhere a :class:`Heartbeat` (a line at most every 30 s)."""
+    if progress_mode() == "bars":
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False,
+                    file=sys.stderr)
+    return Heartbeat(total, desc, unit)
+
+
+def note_cache(hit: bool, why: str = "") -> None:
+    """Record on the innermost open step whether it came from the cache (and why not): the
+    ``end`` event carries it."""
+    if _steps:
+        _steps[-1]["cache"] = "hit" if hit else "miss"
+        if why:
+            _steps[-1]["why"] = why
 
 
 @contextlib.contextmanager
 def step(name: str, timings: list | None = None) -> Iterator[None]:
-    """Log a pipeline step with its duration; append (name, seconds) to ``timings``."""
+    """Log a pipeline step with its duration; append (name, seconds) to ``timings``. In the lines
+    and json modes a step prints its start and its end."""
     t0 = time.monotonic()
+    rec: dict = {"step": name}
+    _steps.append(rec)
+    mode = progress_mode()
+    if mode in ("lines", "json"):
+        _emit({"event": "start", "step": name}, f"step {name}: start")
+    ok = False
     try:
         yield
+        ok = True
     finally:
+        _steps.remove(rec)
         dt = time.monotonic() - t0
         if timings is not None:
             timings.append((name, dt))
-        if _state["verbose"]:
+        if mode in ("lines", "json"):
+            cache = rec.get("cache")
+            _emit({"event": "end", "step": name, "duration": round(dt, 3), "ok": ok,
+                   **({"cache": cache} if cache else {}),
+                   **({"why": rec["why"]} if "why" in rec else {})},
+                  f"step {name}: {'end' if ok else 'failed'} {dt:.2f}s"
+                  + (f" (cache {cache}{': ' + rec['why'] if rec.get('why') else ''})"
+                     if cache else ""))
+        elif _state["verbose"]:
             info(f"  {name}: {dt:.2f}s")

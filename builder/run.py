@@ -4,11 +4,53 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from builder import log
 from builder.errors import CCBuildError
+
+#: The Debian package that provides each external tool ccbuild (or a build it drives) runs: a
+#: missing tool's error names it. scripts/install-deps installs them all.
+DEBIAN_PACKAGES = {
+    "gcc": "gcc", "cc": "gcc", "musl-gcc": "musl-tools", "ld": "binutils", "make": "make",
+    "patch": "patch", "nasm": "nasm", "iasl": "acpica-tools", "flex": "flex", "bison": "bison",
+    "bc": "bc", "perl": "perl-base", "bash": "bash", "tar": "tar", "xz": "xz-utils",
+    "zstd": "zstd", "gzip": "gzip", "cpio": "cpio", "python3": "python3",
+    "mkfs.erofs": "erofs-utils", "fsck.erofs": "erofs-utils", "mkfs.ext4": "e2fsprogs",
+    "mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs",
+    "veritysetup": "cryptsetup-bin", "qemu-system-x86_64": "qemu-system-x86",
+    "apt-get": "apt", "apt-cache": "apt", "apt-helper": "apt", "dpkg": "dpkg",
+    "dpkg-deb": "dpkg", "dpkg-source": "dpkg-dev",
+}
+
+
+def debian_package(tool: str | os.PathLike) -> str | None:
+    """The Debian package providing ``tool`` (a name or a path), None if unknown."""
+    return DEBIAN_PACKAGES.get(Path(tool).name)
+
+
+def not_installed(tool: str | os.PathLike, what: str | None = None) -> CCBuildError:
+    """The one-line error for a tool that is not on PATH, naming the Debian package to install."""
+    name = Path(tool).name
+    pkg = debian_package(tool)
+    hint = (f"install the Debian package {pkg} (apt-get install {pkg}; 'make deps' installs "
+            "everything ccbuild needs)" if pkg else "run 'make deps' (scripts/install-deps)")
+    return CCBuildError(f"{name} is not installed", what, hint)
+
+
+#: Where administration tools (mkfs.*, debugfs, veritysetup) live on Debian: not on an ordinary
+#: user's PATH, yet they run fine unprivileged on image files.
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def _executable(tool: str) -> str:
+    """``tool`` as given, or its path in an sbin directory when it is a bare name that is not on
+    PATH but is there (an ordinary user's PATH has no sbin)."""
+    if os.sep in tool or shutil.which(tool):
+        return tool
+    return shutil.which(tool, path=_SBIN) or tool
 
 
 def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | None = None,
@@ -26,11 +68,10 @@ def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | N
         full_env = dict(os.environ) if inherit_env else {}
         full_env.update(env)
     try:
-        cp = subprocess.run(args, cwd=cwd, env=full_env, input=input,
+        cp = subprocess.run([_executable(args[0]), *args[1:]], cwd=cwd, env=full_env, input=input,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except FileNotFoundError:
-        raise CCBuildError(f"{args[0]} is not installed", what or args[0],
-                           "run 'make deps' (scripts/install-deps)") from None
+        raise not_installed(args[0], what) from None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
@@ -59,18 +100,21 @@ def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, wh
     with open(log_path, "ab", buffering=0) as lf:      # unbuffered: `tail -f` follows it
         lf.write(b"+ " + " ".join(args).encode() + b"\n")
         try:
-            proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+            proc = subprocess.Popen([_executable(args[0]), *args[1:]], cwd=cwd, env=full_env,
+                                    stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
-            raise CCBuildError(f"{args[0]} is not installed", what,
-                               "run 'make deps' (scripts/install-deps)") from None
+            raise not_installed(args[0], what) from None
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 lf.write(line)
                 tail.append(line)
-                if progress is not None and count is not None and count.search(line):
-                    progress.update(1)
+                if progress is not None:   # a tqdm bar, or a log.Heartbeat without a terminal
+                    if count is not None and count.search(line):
+                        progress.update(1)
+                    elif hasattr(progress, "line"):
+                        progress.line()    # log lines count as life too
             code = proc.wait()
         except BaseException:
             proc.kill()
@@ -87,11 +131,41 @@ def tool_version(argv: list[str], pattern: str | None = None, what: str | None =
     """The first non-empty line a tool prints about its version (the first matching ``pattern``,
     if given and any does): part of the cache keys of builds that tool takes part in."""
     try:
-        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        cp = subprocess.run([_executable(str(argv[0])), *argv[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, check=False)
     except FileNotFoundError:
-        raise CCBuildError(f"{argv[0]} is not installed", what or argv[0],
-                           "run 'make deps' (scripts/install-deps)") from None
+        raise not_installed(argv[0], what) from None
     lines = [ln.strip() for ln in cp.stdout.decode(errors="replace").splitlines() if ln.strip()]
     if pattern:
         lines = [ln for ln in lines if re.search(pattern, ln, re.I)] or lines
     return lines[0] if lines else ""
+
+
+#: The external tools ``ccbuild --version`` reports, with the arguments that print a version.
+REPORTED_TOOLS = (
+    ("musl-gcc", ["--version"]), ("gcc", ["--version"]), ("mkfs.erofs", ["--version"]),
+    ("mkfs.ext4", ["-V"]), ("veritysetup", ["--version"]), ("qemu-system-x86_64", ["--version"]),
+    ("apt-get", ["--version"]),
+)
+
+
+def found_tools() -> list[tuple[str, str]]:
+    """(tool, version line or 'not found (Debian package P)') for :data:`REPORTED_TOOLS`. A tool
+    that prints no version (mkfs.erofs before 1.6) is reported with its package's version."""
+    out = []
+    for tool, args in REPORTED_TOOLS:
+        pkg = debian_package(tool)
+        try:
+            line = tool_version([tool, *args], pattern=r"\d+\.\d+")
+        except CCBuildError:
+            out.append((tool, "not found" + (f" (Debian package {pkg})" if pkg else "")))
+            continue
+        if not re.search(r"\d+\.\d+", line) and pkg:
+            try:
+                v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], check=False,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+            except FileNotFoundError:
+                v = b""
+            line = f"{pkg} {v.decode(errors='replace').strip()}" if v.strip() else "version unknown"
+        out.append((tool, line))
+    return out

@@ -17,6 +17,7 @@ from builder.errors import CCBuildError, EXIT_BAD_INPUT
 # One module per verb (or verb group) under builder/cli/. Extend, don't rename.
 VERB_MODULES = [
     "builder.cli.build",
+    "builder.cli.release",
     "builder.cli.lock",
     "builder.cli.measure",
     "builder.cli.idblock",
@@ -35,9 +36,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"ccbuild: error: {message}; see '{self.prog} --help'\n")
 
 
+class _Version(argparse.Action):
+    """``--version``: ccbuild's version, then each external tool's version line (or 'not found'
+    with the Debian package that provides it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from builder.run import found_tools
+        lines = [f"ccbuild {__version__}"]
+        lines += [f"  {tool:<19} {line}" for tool, line in found_tools()]
+        parser.exit(0, "\n".join(lines) + "\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ccbuild", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"ccbuild {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="show ccbuild's version and the external tools it found, and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("-v", "--verbose", action="store_true", help="echo external commands")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)

@@ -24,7 +24,8 @@ from builder.errors import EXIT_CHECK_FAILED, CCBuildError, printable
 def register(sub) -> None:
     p = sub.add_parser("verify", help="check OUT, rebuild and compare, compare with TEE evidence",
                        description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path, help="a `ccbuild build` output directory")
+    p.add_argument("out", type=Path, help="a `ccbuild build` output directory or a "
+                   "`ccbuild release` DIST")
     p.add_argument("--rebuild", metavar="RECIPE",
                    help="rebuild RECIPE into a fresh directory and compare every file with OUT")
     p.add_argument("--share-cache", action="store_true",
@@ -71,7 +72,16 @@ def run(args) -> int:
     from builder import verify as vf
     _check_options(args)
     verdicts = []
-    if args.rebuild:
+    from builder.verify.release import check_release, is_release
+    release = is_release(args.out)
+    if release:   # a `ccbuild release` DIST: the whole release
+        if args.rebuild or args.snp_report or args.tdx_quote:
+            raise CCBuildError("--rebuild, --snp-report and --tdx-quote take one OUT, not a "
+                               "release", str(args.out), "give DIST/<recipe name>")
+        verdicts.append(check_release(
+            args.out, read_input(args.pubkey, "--pubkey", "key") if args.signature else None,
+            f"--pubkey {args.pubkey}"))
+    elif args.rebuild:
         verdicts.append(vf.rebuild_and_compare(args.rebuild, args.out,
                                                share_cache=args.share_cache,
                                                overrides=tuple(args.overrides),
@@ -92,7 +102,7 @@ def run(args) -> int:
                                            read_input(args.tdx_quote, "--tdx-quote", "quote"),
                                            read_input(table, "--ccel TABLE", "acpi table"),
                                            read_input(data, "--ccel DATA", "event log")))
-    if args.signature:
+    if args.signature and not release:   # a release's signature is checked above
         verdicts.append(vf.check_signature(args.out, read_input(args.pubkey, "--pubkey", "key"),
                                            f"--pubkey {args.pubkey}"))
     ok = all(v.ok for v in verdicts)
