@@ -129,7 +129,16 @@ def run_streamed(argv: list[str | os.PathLike], *, cwd: Path, log_path: Path, wh
 
 def tool_version(argv: list[str], pattern: str | None = None, what: str | None = None) -> str:
     """The first non-empty line a tool prints about its version (the first matching ``pattern``,
-    if given and any does): part of the cache keys of builds that tool takes part in."""
+    if given and any does): part of the cache keys of builds that tool takes part in.
+
+    Cached with the binary's identity (resolved path, size, mtime, inode, device) in this process
+    and in the store directory (``tool-versions.json``), so a rebuild with nothing changed runs no
+    tool: a replaced or upgraded binary has another identity and is asked again."""
+    key = _tool_key(argv, pattern)
+    if key is not None:
+        cached = _tool_cache().get(key)
+        if isinstance(cached, str):
+            return cached
     try:
         cp = subprocess.run([_executable(str(argv[0])), *argv[1:]], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, check=False)
@@ -138,7 +147,80 @@ def tool_version(argv: list[str], pattern: str | None = None, what: str | None =
     lines = [ln.strip() for ln in cp.stdout.decode(errors="replace").splitlines() if ln.strip()]
     if pattern:
         lines = [ln for ln in lines if re.search(pattern, ln, re.I)] or lines
-    return lines[0] if lines else ""
+    version = lines[0] if lines else ""
+    if key is not None and _tool_key(argv, pattern) == key:   # not replaced while it ran
+        _tool_cache_put(key, version)
+    return version
+
+
+TOOL_CACHE_NAME = "tool-versions.json"
+_TOOL_CACHE_MAX = 4096
+_tool_memo: dict = {}
+
+
+def _tool_key(argv: list[str], pattern: str | None) -> str | None:
+    """The identity of the binary ``argv[0]`` resolves to, with the arguments and pattern;
+    None when it cannot be found (tool_version then runs it and reports it missing)."""
+    import hashlib
+    import json
+    exe = shutil.which(_executable(str(argv[0])))
+    if exe is None:
+        return None
+    try:
+        real = os.path.realpath(exe)
+        st = os.stat(real)
+    except OSError:
+        return None
+    ident = [[str(a) for a in argv], pattern, exe, real, st.st_size, st.st_mtime_ns, st.st_ino,
+             st.st_dev, st.st_ctime_ns]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+
+
+def _tool_cache_path() -> Path:
+    from builder.store import default_root
+    return default_root() / TOOL_CACHE_NAME
+
+
+def _tool_cache() -> dict:
+    """The persistent cache (read once per process): a damaged or foreign file is ignored."""
+    if "entries" not in _tool_memo:
+        entries: dict = {}
+        try:
+            from builder.inputs import read_regular
+            import json
+            doc = json.loads(read_regular(_tool_cache_path(), "manifest", TOOL_CACHE_NAME))
+            if isinstance(doc, dict) and doc.get("schema") == 1 and \
+                    isinstance(doc.get("entries"), dict):
+                entries = {k: v for k, v in doc["entries"].items()
+                           if isinstance(k, str) and re.fullmatch(r"[0-9a-f]{64}", k)
+                           and isinstance(v, str) and len(v) <= 4096}
+        except (CCBuildError, OSError, ValueError):
+            pass
+        _tool_memo["entries"] = entries
+    return _tool_memo["entries"]
+
+
+def _tool_cache_put(key: str, version: str) -> None:
+    """Remember ``version``; written atomically (a temporary and a rename), best effort."""
+    import json
+    entries = _tool_cache()
+    entries[key] = version
+    while len(entries) > _TOOL_CACHE_MAX:
+        entries.pop(next(iter(entries)))
+    path = _tool_cache_path()
+    tmp = path.with_name(f".{TOOL_CACHE_NAME}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"schema": 1, "entries": entries}, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
 
 
 #: The external tools ``ccbuild --version`` reports, with the arguments that print a version.

@@ -401,3 +401,103 @@ def test_build_json_contract_is_unchanged(tmp_path, recipe_file):
     assert o.rc == 0, o.stderr
     assert json.loads(o.stdout)["name"] == "snp"
     assert o.stderr == ""
+
+
+# --- the no-op: tool versions cached with the binary's identity (builder/run.py) -----------------
+
+@pytest.fixture
+def fake_tool(tmp_path, monkeypatch):
+    """A tool ``faketool`` on PATH printing a version, and a private cache directory."""
+    from builder import run as runmod
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "faketool"
+    tool.write_text("#!/bin/sh\necho 'faketool 1.0'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("CCBUILD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runmod, "_tool_memo", {})
+    return tool
+
+
+def _count_spawns(monkeypatch) -> list:
+    import subprocess
+    calls: list = []
+    real = subprocess.run
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+    monkeypatch.setattr(subprocess, "run", counting)
+    return calls
+
+
+def test_tool_version_runs_a_tool_once_per_binary_identity(fake_tool, monkeypatch):
+    from builder import run as runmod
+    calls = _count_spawns(monkeypatch)
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 1.0"
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 1.0"
+    assert len(calls) == 1
+    # another process (an empty memo) reads the persistent cache: no spawn either
+    monkeypatch.setattr(runmod, "_tool_memo", {})
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 1.0"
+    assert len(calls) == 1
+    # other arguments are another question
+    runmod.tool_version(["faketool", "-v"])
+    assert len(calls) == 2
+
+
+def test_tool_version_asks_again_when_the_binary_changes(fake_tool, monkeypatch):
+    from builder import run as runmod
+    calls = _count_spawns(monkeypatch)
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 1.0"
+    st = fake_tool.stat()
+    fake_tool.write_text("#!/bin/sh\necho 'faketool 2.0'\n")   # same size, new content
+    os.utime(fake_tool, ns=(st.st_atime_ns, st.st_mtime_ns))   # even with the old mtime
+    monkeypatch.setattr(runmod, "_tool_memo", {})
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 2.0"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("content", [b"not json", b'{"schema": 1, "entries": []}',
+                                     b'{"schema": 1, "entries": {"x": 1}}', b"\xff" * 10])
+def test_a_damaged_tool_cache_is_ignored(fake_tool, monkeypatch, tmp_path, content):
+    from builder import run as runmod
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / runmod.TOOL_CACHE_NAME).write_bytes(content)
+    assert runmod.tool_version(["faketool", "--version"]) == "faketool 1.0"
+    doc = json.loads((tmp_path / "cache" / runmod.TOOL_CACHE_NAME).read_text())
+    assert list(doc["entries"].values()) == ["faketool 1.0"]
+
+
+def test_a_missing_tool_is_still_an_error(fake_tool):
+    from builder.errors import CCBuildError
+    from builder.run import tool_version
+    with pytest.raises(CCBuildError, match="not installed"):
+        tool_version(["no-such-tool-ccbuild", "--version"])
+
+
+@pytest.mark.slow
+def test_noop_rebuild_runs_no_tool_version_subprocess(tmp_path, recipe_file, monkeypatch):
+    """The firmware stage's toolchain versions come from the cache on a no-op (the agent's
+    toolchain_identity in builder/stages/agent.py still runs its compiler: see the report)."""
+    import subprocess
+    from builder import log
+    from builder.build import BuildOptions, build
+    log.configure(quiet=True)
+    build(recipe_file("snp"), BuildOptions(out=tmp_path / "o"))
+    calls = _count_spawns(monkeypatch)
+    real_popen = subprocess.Popen
+    popen: list = []
+
+    class Counting(real_popen):
+        def __init__(self, args, *a, **k):
+            popen.append(args)
+            super().__init__(args, *a, **k)
+    monkeypatch.setattr(subprocess, "Popen", Counting)
+    res = build(recipe_file("snp"), BuildOptions(out=tmp_path / "o"))
+    assert res.up_to_date
+    firmware_tools = {"gcc", "nasm", "iasl", "patch", "python3"}
+    spawned = {os.path.basename(str(a[0])) for a in popen}
+    assert not (spawned & firmware_tools), spawned
+    assert not [c for c in calls if os.path.basename(str(c[0])) in firmware_tools]
