@@ -177,7 +177,9 @@ class TdxEvent:
     register: Literal["rtmr0", "rtmr1", "rtmr2", "rtmr3"] = doc("the register it extends")
     event_type: str = doc("TCG event type name", pattern=r"[A-Za-z0-9_]{1,64}")
     description: str = doc("what it measures", max_length=4096)
-    digest: str = doc("SHA-384 digest extended", pattern=HEX96)
+    digest: str | None = doc("SHA-384 digest extended; null when it hashes VMM data not given",
+                             pattern=HEX96)
+    reason: str | None = doc("why the digest is null", default=None, max_length=4096)
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,15 @@ class TdxProfileRecord:
     acpi_blobs: bool | None = doc("the profile supplies the ACPI blobs", default=None)
     boot_order: tuple[int, ...] | None = doc("BootOrder", default=None)
     boot_options: dict[str, str] | None = doc("Boot#### variables (hex)", default=None)
+    ready_to_boot_separator: Literal["rtmr0", "rtmr1"] | None = doc(
+        "where the ReadyToBoot separator is measured", default=None)
+    fw_cfg_items: tuple[str, ...] | None = doc("fw_cfg items measured into RTMR0", default=None)
+    smbios_measured: bool | None = doc("SMBIOS tables measured into RTMR0", default=None)
 
     def validate(self, ctx: Ctx, where: str) -> None:
+        for i, n in enumerate(self.fw_cfg_items or ()):
+            if not re.fullmatch(r"[\x21-\x7e]{1,55}", n):
+                ctx.fail(f"{where}.fw_cfg_items[{i}]", f"{short(n)} is not a fw_cfg name")
         for i, n in enumerate(self.boot_order or ()):
             if not 0 <= n <= 0xFFFF:
                 ctx.fail(f"{where}.boot_order[{i}]", f"{short(n)} is out of range 0..65535")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -69,9 +70,14 @@ def test_rtmr0_null_without_acpi_and_json_shape(capsys, files):
     rec = json.loads(out)
     assert rec["rtmr0"] is None and "acpi_blobs" in rec["rtmr0_reason"]
     assert rec["profile"]["name"] == "qemu-10.1-ovmf-202508"
-    assert {e["register"] for e in rec["events"]} == {"rtmr1", "rtmr2"}
+    assert {e["register"] for e in rec["events"]} == {"rtmr0", "rtmr1", "rtmr2"}
     assert all(set(e) == {"register", "event_type", "description", "digest"}
-               for e in rec["events"])
+               for e in rec["events"] if e["digest"] is not None)
+    # every RTMR0 event is listed; the ones hashing VMM data carry null and the reason
+    r0 = [e for e in rec["events"] if e["register"] == "rtmr0"]
+    assert r0[0]["description"] == "TD HOB" and r0[0]["digest"] is not None
+    nulls = [e for e in r0 if e["digest"] is None]
+    assert nulls and all(e["reason"] for e in nulls)
 
 
 def test_page_add_order_option(capsys, files):
@@ -153,6 +159,6 @@ def test_qemu_setup_header_patch_fields():
 
 def test_docs_tdx_profile_md_is_generated_from_the_schema():
     from builder.measure.tdx_profile import render_profile_doc
-    repo = PROFILE_DIR.parent.parent
+    repo = Path(__file__).resolve().parent.parent
     assert (repo / "docs" / "tdx-profile.md").read_text() == render_profile_doc(), \
         "run: python -m builder.measure.tdx_profile > docs/tdx-profile.md"

@@ -6,12 +6,20 @@ loader in :mod:`builder.measure.tdx_profile` turns a VMM profile into TdxParams)
 Event order follows EDK2 OvmfPkg (TdTcg2Dxe, TdxHelperLib, QemuKernelLoaderFsDxe, AcpiPlatformDxe)
 for a direct kernel boot under QEMU:
 
-- RTMR0: TD HOB (EV_EFI_HANDOFF_TABLES2), CFV (EV_EFI_PLATFORM_FIRMWARE_BLOB2), SecureBoot, PK,
-  KEK, db, dbx (+ dbt when present) as EV_EFI_VARIABLE_DRIVER_CONFIG, separator, the ACPI fw_cfg
-  blobs (EV_PLATFORM_CONFIG_FLAGS "ACPI DATA"), extra events of newer OVMF declared by the
-  profile, BootOrder and each Boot#### (EV_EFI_VARIABLE_BOOT).
+- RTMR0: TD HOB (EV_EFI_HANDOFF_TABLES2), CFV (EV_EFI_PLATFORM_FIRMWARE_BLOB2), with EDK2 >=
+  stable202505 the cached fw_cfg items (EV_PLATFORM_CONFIG_FLAGS "QEMU FW CFG", PlatformPei), then
+  SecureBoot, PK, KEK, db, dbx (+ dbt when present) as EV_EFI_VARIABLE_DRIVER_CONFIG, separator,
+  the ACPI fw_cfg blobs (EV_PLATFORM_CONFIG_FLAGS "ACPI DATA"), extra events declared by the
+  profile, BootOrder and each Boot#### (EV_EFI_VARIABLE_BOOT); EDK2 before stable202411 measures
+  the ReadyToBoot separator here too (``ready_to_boot_separator``); with SmbiosMeasurementDxe
+  (EDK2 >= stable202505) the SMBIOS tables (EV_EFI_HANDOFF_TABLES2 "SmbiosTable") at ReadyToBoot.
 - RTMR1: kernel Authenticode (EV_EFI_BOOT_SERVICES_APPLICATION), "Calling EFI Application from
-  Boot Option", separator, "Exit Boot Services Invocation", "... Returned with Success".
+  Boot Option", separator (EDK2 >= stable202411, edk2 commit efaf8931bb "OvmfPkg/TdTcg2Dxe: Fix
+  the SeparatorEvent issue in RTMRs"), "Exit Boot Services Invocation", "... Returned with
+  Success".
+
+Events that hash data only the VMM holds (ACPI blobs, fw_cfg items, SMBIOS tables) are listed with
+digest None and the reason when the profile does not give that data; RTMR0 is then None.
 - RTMR2: Linux EFI stub (>= 6.9): LoadOptions, then the initrd (EV_EVENT_TAG).
 - RTMR3: only runtime events the profile declares.
 """
@@ -60,6 +68,22 @@ def _decode_boot_options(rec: dict[str, str]) -> tuple[tuple[int, bytes], ...]:
     return tuple((int(k[4:], 16), bytes.fromhex(v)) for k, v in rec.items())
 
 
+def _rtmr_index(s: str) -> int:
+    if s not in ("rtmr0", "rtmr1"):
+        raise CheckFailed(f"measurements.json tdx.profile ready_to_boot_separator is {s!r}, "
+                          "not rtmr0 or rtmr1")
+    return int(s[-1])
+
+
+FW_CFG_EVENT_TAG = b"QEMU FW CFG\0"   # QemuFwCfgCacheInit.c FW_CFG_EVENT.FwCfg
+FW_CFG_NAME_SIZE = 56                # QEMU_FW_CFG_FNAME_SIZE
+
+
+def fw_cfg_event_data(name: str) -> bytes:
+    """The event data EDK2 logs for a measured fw_cfg item: "QEMU FW CFG" NUL | name[56]."""
+    return FW_CFG_EVENT_TAG + name.encode("ascii").ljust(FW_CFG_NAME_SIZE, b"\0")
+
+
 @dataclass(frozen=True)
 class TdxParams:
     """Every version-dependent choice, named. Defaults: upstream KVM + QEMU >= 10.1, EDK2 >=
@@ -85,6 +109,18 @@ class TdxParams:
     boot_options: tuple[tuple[int, bytes], ...] = field(
         default=((0, ovmf_uiapp_boot_option()),),
         metadata=_recorded(_encode_boot_options, _decode_boot_options))
+    # EDK2 < stable202411 (before efaf8931bb) measures the ReadyToBoot separator into RTMR0 (a
+    # second RTMR0 separator, none in RTMR1); later EDK2 into RTMR1.
+    ready_to_boot_separator: int = field(default=1, metadata=_recorded(
+        lambda v: f"rtmr{v}", lambda s: _rtmr_index(s)))
+    # EDK2 >= stable202505 (81c2c92074 "OvmfPkg/PlatformPei: Cache and measure FwCfg items"):
+    # the fw_cfg items QEMU provides among QemuFwCfgCacheInit.c's measured list, in that order.
+    fw_cfg_items: tuple[str, ...] = field(default=(), metadata=_recorded(list, tuple))
+    # their data's SHA-384 (VMM data: from the profile), one per item, None where unknown
+    fw_cfg_digests: tuple[bytes | None, ...] = ()
+    # EDK2 >= stable202505 (cd76265f1a "OvmfPkg: Enable Smbios measurement")
+    smbios_measured: bool = field(default=False, metadata=_recorded())
+    smbios_digest: bytes | None = None
     extra_rtmr0_events: tuple[Event, ...] = ()
     runtime_events: tuple[Event, ...] = ()
     profile: str | None = field(default=None, metadata=_recorded(key="name", required=False))
@@ -165,21 +201,37 @@ def _secure_boot_events(cfv: bytes, params: TdxParams) -> list[Event]:
     return events
 
 
+def _vmm_event(rtmr: int, etype: EventType, description: str, digest: bytes | None,
+               reason: str) -> Event:
+    return Event(rtmr, etype, description, digest, None if digest is not None else reason)
+
+
 def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event]:
-    if params.acpi_blobs is None:
-        raise ValueError(params.rtmr0_missing)
+    """Every RTMR0 event in measuring order; events hashing VMM data that was not given (ACPI
+    blobs, fw_cfg items, SMBIOS tables) carry digest None and the reason."""
     cfvs = meta.of_type(SectionType.CFV)
-    if not cfvs:
-        raise ValueError("the firmware's TDVF metadata has no CFV section")
-    cfv = fw[cfvs[0].data_offset:cfvs[0].data_offset + cfvs[0].raw_size]
-    ev = [Event(0, EventType.EV_EFI_HANDOFF_TABLES2, "TD HOB",
-                sha384(td_hob(meta, params.memory))),
-          Event(0, EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2, "CFV", sha384(cfv))]
-    ev += _secure_boot_events(cfv, params)
+    hob = (sha384(td_hob(meta, params.memory)) if meta.of_type(SectionType.TD_HOB) else None)
+    ev = [Event(0, EventType.EV_EFI_HANDOFF_TABLES2, "TD HOB", hob,
+                None if hob else "the firmware's TDVF metadata has no TD_HOB section")]
+    no_cfv = "the firmware's TDVF metadata has no CFV section"
+    cfv = (fw[cfvs[0].data_offset:cfvs[0].data_offset + cfvs[0].raw_size] if cfvs else None)
+    ev.append(Event(0, EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2, "CFV",
+                    None if cfv is None else sha384(cfv), None if cfv is not None else no_cfv))
+    for i, name in enumerate(params.fw_cfg_items):
+        d = params.fw_cfg_digests[i] if i < len(params.fw_cfg_digests) else None
+        ev.append(_vmm_event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"QEMU FW CFG ({name})", d,
+                             f"fw_cfg item {name} is QEMU data: give its digest in the "
+                             "profile's fw_cfg_digests"))
+    if cfv is not None:
+        ev += _secure_boot_events(cfv, params)
+    else:   # the variables are read from the CFV store
+        ev.append(Event(0, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, "Secure Boot variables",
+                        None, no_cfv))
     ev.append(Event(0, EventType.EV_SEPARATOR, "separator", separator_digest()))
-    for name, blob in zip(ACPI_BLOB_NAMES, params.acpi_blobs):
-        ev.append(Event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"ACPI DATA ({name})",
-                        sha384(blob)))
+    blobs = params.acpi_blobs or (None, None, None)
+    for name, blob in zip(ACPI_BLOB_NAMES, blobs):
+        ev.append(_vmm_event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"ACPI DATA ({name})",
+                             None if blob is None else sha384(blob), params.rtmr0_missing))
     ev += list(params.extra_rtmr0_events)
     order = b"".join(n.to_bytes(2, "little") for n in params.boot_order)
     ev.append(Event(0, EventType.EV_EFI_VARIABLE_BOOT, "BootOrder", variable_boot_digest(order)))
@@ -188,57 +240,96 @@ def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event
         if n in options:
             ev.append(Event(0, EventType.EV_EFI_VARIABLE_BOOT, f"Boot{n:04X}",
                             variable_boot_digest(options[n])))
+    if params.ready_to_boot_separator == 0:
+        ev.append(Event(0, EventType.EV_SEPARATOR, "separator (ReadyToBoot)",
+                        separator_digest()))
+    if params.smbios_measured:
+        ev.append(_vmm_event(0, EventType.EV_EFI_HANDOFF_TABLES2, "SmbiosTable",
+                             params.smbios_digest, "the SMBIOS tables are QEMU data: give "
+                             "their digest in the profile's smbios_digest"))
     return ev
 
 
-def rtmr1_events(kernel: bytes, initrd: bytes | None, append: str | None,
-                 params: TdxParams) -> list[Event]:
-    image = kernel
-    what = "kernel (Authenticode SHA-384)"
-    if params.qemu_setup_header_patch:
-        image = qemu_patch_setup_header(kernel, append or "",
-                                        None if initrd is None else len(initrd),
-                                        params.memory, params.acpi_data_size)
-        what = "kernel with QEMU-patched setup header (Authenticode SHA-384)"
-    return [Event(1, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, what,
-                  authenticode_digest(image, "sha384")),
-            Event(1, EventType.EV_EFI_ACTION, CALLING_EFI_APPLICATION,
-                  efi_action_digest(CALLING_EFI_APPLICATION)),
-            Event(1, EventType.EV_SEPARATOR, "separator", separator_digest()),
-            Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_INVOCATION,
-                  efi_action_digest(EXIT_BOOT_SERVICES_INVOCATION)),
-            Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_SUCCEEDED,
-                  efi_action_digest(EXIT_BOOT_SERVICES_SUCCEEDED))]
+def rtmr0_value(events: list[Event]) -> tuple[bytes | None, str | None]:
+    """(RTMR0, None) when every event's digest is known, else (None, the first reason)."""
+    reasons = list(dict.fromkeys(e.reason for e in events if e.digest is None))
+    if reasons:
+        return None, "; ".join(r or "not computed" for r in reasons)
+    return rtmr_mod.replay(e.digest for e in events), None
 
 
-def rtmr2_events(initrd: bytes | None, append: str | None, params: TdxParams) -> list[Event]:
-    opts = kernel_load_options(append, initrd is not None, params.load_options_initrd_first)
+def rtmr1_events(kernel: bytes | None, initrd: bytes | None, append: str | None,
+                 params: TdxParams, kernel_authenticode: bytes | None = None,
+                 initrd_size: int | None = None) -> list[Event]:
+    """RTMR1. The kernel is given as bytes or as its Authenticode SHA-384 (as loaded: with
+    QEMU's setup-header patch that digest depends on memory and initrd size, so bytes are
+    needed)."""
+    if kernel is not None:
+        image = kernel
+        what = "kernel (Authenticode SHA-384)"
+        if params.qemu_setup_header_patch:
+            size = len(initrd) if initrd is not None else initrd_size
+            image = qemu_patch_setup_header(kernel, append or "", size,
+                                            params.memory, params.acpi_data_size)
+            what = "kernel with QEMU-patched setup header (Authenticode SHA-384)"
+        digest = authenticode_digest(image, "sha384")
+    elif kernel_authenticode is not None:
+        digest = kernel_authenticode
+        what = ("kernel with QEMU-patched setup header (Authenticode SHA-384, given)"
+                if params.qemu_setup_header_patch else "kernel (Authenticode SHA-384, given)")
+    else:
+        raise ValueError("rtmr1_events needs the kernel or its Authenticode digest")
+    ev = [Event(1, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, what, digest),
+          Event(1, EventType.EV_EFI_ACTION, CALLING_EFI_APPLICATION,
+                efi_action_digest(CALLING_EFI_APPLICATION))]
+    if params.ready_to_boot_separator == 1:
+        ev.append(Event(1, EventType.EV_SEPARATOR, "separator", separator_digest()))
+    return ev + [Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_INVOCATION,
+                       efi_action_digest(EXIT_BOOT_SERVICES_INVOCATION)),
+                 Event(1, EventType.EV_EFI_ACTION, EXIT_BOOT_SERVICES_SUCCEEDED,
+                       efi_action_digest(EXIT_BOOT_SERVICES_SUCCEEDED))]
+
+
+def rtmr2_events(initrd: bytes | None, append: str | None, params: TdxParams,
+                 initrd_sha384: bytes | None = None) -> list[Event]:
+    has_initrd = initrd is not None or initrd_sha384 is not None
+    opts = kernel_load_options(append, has_initrd, params.load_options_initrd_first)
     text = opts.decode("utf-16-le").rstrip("\0")
     ev = [Event(2, EventType.EV_EVENT_TAG, f"LOADED_IMAGE::LoadOptions {text!r}",
                 hashlib.sha384(opts).digest())]
-    if initrd is not None:
-        ev.append(Event(2, EventType.EV_EVENT_TAG, "Linux initrd", sha384(initrd)))
+    if has_initrd:
+        ev.append(Event(2, EventType.EV_EVENT_TAG, "Linux initrd",
+                        sha384(initrd) if initrd is not None else initrd_sha384))
     return ev
 
 
 def measure_tdx(fw: bytes, kernel: bytes | None, initrd: bytes | None, append: str | None,
-                params: TdxParams) -> TdxResult:
+                params: TdxParams, *, kernel_authenticode: bytes | None = None,
+                initrd_sha384: bytes | None = None, initrd_size: int | None = None
+                ) -> TdxResult:
+    """MRTD, RTMR0-3 and the expected events. The kernel and initrd may be given as published
+    digests instead (``kernel_authenticode``: Authenticode SHA-384 as OVMF loads it;
+    ``initrd_sha384``); the results are the same as from the files."""
     meta = parse_tdvf_metadata(fw)
     if meta is None:
         raise CCBuildError("firmware has no TDVF metadata (not a TDX firmware)", "--firmware",
                            "use an IntelTdx/OvmfPkgX64 build with TDX support")
+    if params.qemu_setup_header_patch and kernel is not None and initrd is None \
+            and initrd_sha384 is not None and initrd_size is None:
+        raise CCBuildError("QEMU's setup-header patch (qemu_setup_header_patch) writes the initrd "
+                           "size into the kernel RTMR1 measures; a digest alone does not give it",
+                           "--initrd-sha384", "give the initrd file, or --kernel-authenticode "
+                           "with the digest of the kernel as QEMU patched it")
     reasons: dict = {}
-    events: list[Event] = []
     values: list[bytes | None] = [None, None, None, rtmr_mod.ZERO]
-    try:
-        ev0 = rtmr0_events(fw, meta, params)
-        values[0] = rtmr_mod.replay(e.digest for e in ev0)
-        events += ev0
-    except ValueError as e:
-        reasons["rtmr0_reason"] = str(e)
-    if kernel is not None:
-        ev1 = rtmr1_events(kernel, initrd, append, params)
-        ev2 = rtmr2_events(initrd, append, params)
+    ev0 = rtmr0_events(fw, meta, params)
+    values[0], why = rtmr0_value(ev0)
+    if why is not None:
+        reasons["rtmr0_reason"] = why
+    events: list[Event] = list(ev0)
+    if kernel is not None or kernel_authenticode is not None:
+        ev1 = rtmr1_events(kernel, initrd, append, params, kernel_authenticode, initrd_size)
+        ev2 = rtmr2_events(initrd, append, params, initrd_sha384)
         values[1] = rtmr_mod.replay(e.digest for e in ev1)
         values[2] = rtmr_mod.replay(e.digest for e in ev2)
         events += ev1 + ev2

@@ -108,13 +108,19 @@ def kernel_load_options(append: str | None, has_initrd: bool, initrd_first: bool
 
 @dataclass(frozen=True)
 class Event:
-    """One expected event: which RTMR it extends, its type, a description, its digest."""
+    """One expected event: which RTMR it extends, its type, a description, its digest (None when
+    it hashes VMM data that was not given; ``reason`` says which)."""
 
     rtmr: int
     type: EventType
     description: str
-    digest: bytes
+    digest: bytes | None
+    reason: str | None = None   # why the digest is None (data only the VMM holds)
 
     def to_json(self) -> dict:
-        return {"register": f"rtmr{self.rtmr}", "event_type": self.type.name,
-                "description": self.description, "digest": self.digest.hex()}
+        out = {"register": f"rtmr{self.rtmr}", "event_type": self.type.name,
+               "description": self.description,
+               "digest": None if self.digest is None else self.digest.hex()}
+        if self.digest is None:
+            out["reason"] = self.reason
+        return out

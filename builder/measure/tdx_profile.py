@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,10 @@ from builder.measure.tdx_mrtd import PageAddOrder
 from builder.safeyaml import load_yaml
 from builder.schema import HEX96, Ctx, SchemaError, build, doc, render_reference
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent.parent / "recipes" / "profiles"
+#: The profiles a bare name (``measure tdx --profile NAME``) finds: package data
+#: (``builder/data/profiles``, in a checkout a link to recipes/profiles, where recipes name them by
+#: path), found through importlib.resources so an installed wheel has them too.
+PROFILE_DIR = Path(str(resources.files("builder") / "data" / "profiles"))
 PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 MAX_MEMORY = 1 << 46          # 64 TiB: beyond any TD a host can give
 MIN_MEMORY = 64 * MiB           # the recipe schema's launch.memory_mib minimum
@@ -79,6 +83,21 @@ class TdxProfile:
     boot_order: tuple[int, ...] = doc("boot option numbers", default=(0,))
     boot_options: dict[str, str] = doc("Boot#### -> 'uiapp' (OVMF's UiApp option) or hex",
                                        default_factory=lambda: {"Boot0000": "uiapp"})
+    ready_to_boot_separator: Literal["rtmr0", "rtmr1"] = doc(
+        "where the ReadyToBoot separator is measured: rtmr0 before edk2-stable202411 (commit "
+        "efaf8931bb 'OvmfPkg/TdTcg2Dxe: Fix the SeparatorEvent issue in RTMRs'), rtmr1 after",
+        default="rtmr1")
+    fw_cfg_items: tuple[str, ...] = doc(
+        "fw_cfg items EDK2 >= stable202505 measures into RTMR0 (PlatformPei, QemuFwCfgCacheInit"
+        ".c), in measuring order: those QEMU provides", default=())
+    fw_cfg_files: dict[str, str] = doc("fw_cfg item name -> file holding its data (relative to "
+                                       "the profile); items without one make RTMR0 null",
+                                       default_factory=dict)
+    smbios_measured: bool = doc("EDK2 >= stable202505 (SmbiosMeasurementDxe) measures the SMBIOS "
+                                "tables into RTMR0 at ReadyToBoot", default=False)
+    smbios_digest: str | None = doc("SHA-384 of the measured SMBIOS tables (96 hex digits); "
+                                    "absent -> RTMR0 null when smbios_measured", default=None,
+                                    pattern=HEX96)
     extra_rtmr0_events: tuple[ProfileEvent, ...] = doc("measured after the ACPI events (newer "
                                                        "OVMF's fw_cfg/SMBIOS events)", default=())
     runtime_events: tuple[ProfileEvent, ...] = doc("RTMR3 events", default=())
@@ -100,6 +119,15 @@ class TdxProfile:
                 ctx.fail(f"boot_options.{k[:40]}", "keys are Boot#### (4 hex digits)")
             if v != "uiapp" and not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,32768}", v):
                 ctx.fail(f"boot_options.{k}", "value is 'uiapp' or hex")
+        if len(self.fw_cfg_items) > 64:
+            ctx.fail("fw_cfg_items", "at most 64 items")
+        for i, n in enumerate(self.fw_cfg_items):
+            if not re.fullmatch(r"[\x21-\x7e]{1,55}", n):
+                ctx.fail(f"fw_cfg_items[{i}]", f"{n[:60]!r} is not a fw_cfg name (1..55 "
+                         "printable ASCII characters)")
+        for k in self.fw_cfg_files:
+            if k not in self.fw_cfg_items:
+                ctx.fail(f"fw_cfg_files.{k[:60]}", "names an item fw_cfg_items does not list")
         for key in ("extra_rtmr0_events", "runtime_events"):
             if len(getattr(self, key)) > 1024:
                 ctx.fail(key, "at most 1024 events")
@@ -121,7 +149,7 @@ def memory_bytes(ctx: Ctx, v: int | str, where: str = "memory") -> int:
 
 
 def resolve_profile(name_or_path: str) -> Path:
-    """A profile path, or a bare name looked up in recipes/profiles/."""
+    """A profile path, or a bare name looked up in the shipped profiles (:data:`PROFILE_DIR`)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists() or not re.fullmatch(PROFILE_NAME, name_or_path):
         return p
@@ -181,6 +209,12 @@ def load_profile(path: Path | str) -> TdxParams:
     else:
         params["acpi_blobs"] = tuple(_data_file(ctx, path, f"acpi_blobs[{i}]", b)
                                      for i, b in enumerate(prof.acpi_blobs))
+    params["ready_to_boot_separator"] = int(prof.ready_to_boot_separator[-1])
+    params["fw_cfg_digests"] = tuple(
+        hashlib.sha384(_data_file(ctx, path, f"fw_cfg_files.{n}", prof.fw_cfg_files[n])).digest()
+        if n in prof.fw_cfg_files else None for n in prof.fw_cfg_items)
+    params["smbios_digest"] = (None if prof.smbios_digest is None
+                               else bytes.fromhex(prof.smbios_digest))
     params["boot_options"] = tuple(
         (int(k[4:], 16), ovmf_uiapp_boot_option() if v == "uiapp" else bytes.fromhex(v))
         for k, v in prof.boot_options.items())

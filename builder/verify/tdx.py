@@ -35,7 +35,8 @@ def _event_dict(e) -> dict:
 
 
 def _vmm_supplied(ev: dict) -> bool:
-    return ev["description"].startswith("ACPI DATA")
+    """Events hashing VMM data OUT does not hold (ACPI blobs, fw_cfg items, SMBIOS tables)."""
+    return ev["description"].startswith("ACPI DATA") or ev["digest"] is None
 
 
 def recompute_tdx_events(fw: bytes, kernel: bytes, initrd: bytes | None, cmdline: str,
