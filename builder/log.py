@@ -7,8 +7,10 @@ Progress modes (:func:`progress_mode`; ``CCBUILD_PROGRESS=auto|bars|lines|json|o
 - ``bars`` (``auto`` on an interactive terminal outside CI): tqdm bars, as always;
 - ``heartbeat`` (``auto`` elsewhere: a CI log, a pipe): no bars; a long external build (EDK2, a
   kernel; :func:`bar` objects fed by :func:`builder.run.run_streamed`) prints one progress line
-  at most every :data:`HEARTBEAT` seconds (``edk2 amdsev: 312/1043 modules, 2m30s``), so a log
-  shows life; nothing else is added, so a failing command still prints exactly one error line;
+  at most every :data:`HEARTBEAT` seconds (``edk2 amdsev: 312/1043 modules, 2m30s``), and any
+  step open that long without one says it is still running (``step edk2 amdsev: BaseTools:
+  running, 1m00s``), so a log never sits silent for longer; nothing else is added, so a short
+  failing command still prints exactly one error line;
 - ``lines``: heartbeat, plus one line when a step starts and one when it ends
   (``ccbuild: step firmware: start`` / ``... end 0.12s (cache hit: ...)``);
 - ``json``: one JSON object per line for each step start, end (with ``duration`` and, when the
@@ -76,7 +78,12 @@ def progress_enabled() -> bool:
     return progress_mode() == "bars"
 
 
+_last_line = [0.0]         # monotonic time of the last progress line printed
+_ticker: list = []        # the step heartbeat thread, while one runs
+
+
 def _emit(event: dict, text: str) -> None:
+    _last_line[0] = time.monotonic()
     if progress_mode() == "json":
         print(json.dumps(event, sort_keys=True, ensure_ascii=True), file=sys.stderr, flush=True)
     else:
@@ -104,6 +111,7 @@ class Heartbeat:
         self.lines = 0            # progress lines printed
         self.log_lines = 0        # output lines of the tool seen (run_streamed)
         self._stop = None
+        self._step: dict | None = None
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -134,10 +142,16 @@ class Heartbeat:
         if self._stop is not None:
             self._stop.set()
             self._stop = None
+        if self._step is not None:
+            self._step["bars"] = self._step.get("bars", 1) - 1
+            self._step = None
 
     def __enter__(self):
         """Also tick from a timer thread, so a tool silent for minutes still shows life."""
         import threading
+        if _steps and self._step is None:   # the step's own heartbeat defers to this bar
+            self._step = _steps[-1]
+            self._step["bars"] = self._step.get("bars", 0) + 1
         if progress_mode() in ("heartbeat", "lines", "json") and self._stop is None:
             stop = self._stop = threading.Event()
 
@@ -169,13 +183,46 @@ def note_cache(hit: bool, why: str = "") -> None:
             _steps[-1]["why"] = why
 
 
+def _step_heartbeat() -> None:
+    """While a step is open: when no progress line was printed for :data:`HEARTBEAT` seconds,
+    say which step is still running (so a long step without a counting bar shows life too)."""
+    try:
+        while _steps:
+            time.sleep(min(1.0, HEARTBEAT))
+            now = time.monotonic()
+            open_steps = list(_steps)
+            if not open_steps or now - _last_line[0] < HEARTBEAT:
+                continue
+            rec = open_steps[-1]
+            if rec.get("bars") or progress_mode() not in ("heartbeat", "lines", "json"):
+                continue   # a counting bar speaks for the step
+            if now - rec["t0"] >= HEARTBEAT:
+                _emit({"event": "progress", "step": rec["step"],
+                       "elapsed": round(now - rec["t0"], 1)},
+                      f"step {rec['step']}: running, {_duration(now - rec['t0'])}")
+    finally:
+        _ticker.clear()
+
+
+def _start_step_heartbeat() -> None:
+    if _ticker or progress_mode() not in ("heartbeat", "lines", "json"):
+        return
+    import threading
+    t = threading.Thread(target=_step_heartbeat, name="ccbuild-step-heartbeat", daemon=True)
+    _ticker.append(t)
+    t.start()
+
+
 @contextlib.contextmanager
 def step(name: str, timings: list | None = None) -> Iterator[None]:
     """Log a pipeline step with its duration; append (name, seconds) to ``timings``. In the lines
     and json modes a step prints its start and its end."""
     t0 = time.monotonic()
-    rec: dict = {"step": name}
+    rec: dict = {"step": name, "t0": t0}
+    if not _steps:
+        _last_line[0] = t0
     _steps.append(rec)
+    _start_step_heartbeat()
     mode = progress_mode()
     if mode in ("lines", "json"):
         _emit({"event": "start", "step": name}, f"step {name}: start")

@@ -346,6 +346,23 @@ def test_a_silent_tool_still_shows_life(tmp_path, progress, capsys):
     assert all(b.startswith("ccbuild: edk2 test: 0 modules") for b in beats)
 
 
+def test_a_long_step_without_a_bar_says_it_is_running(progress, capsys):
+    import time
+    with progress.step("edk2 amdsev: BaseTools"):
+        time.sleep(1.8)
+    with progress.step("quick"):
+        pass
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) >= 2, err
+    assert all(ln.startswith("ccbuild: step edk2 amdsev: BaseTools: running, ") for ln in err)
+
+
+def test_a_short_step_prints_nothing_without_a_terminal(progress, capsys):
+    with progress.step("firmware"):
+        pass
+    assert capsys.readouterr().err == ""
+
+
 def test_tty_mode_prints_no_heartbeat_lines(tmp_path, progress, capsys):
     progress.set_progress("off")
     _stream(tmp_path, 'echo "Building a"; sleep 1.2')
