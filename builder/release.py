@@ -229,6 +229,7 @@ def release(recipes: list[str | Path], options: ReleaseOptions) -> ReleaseResult
         raise CCBuildError(f"{len(recipes)} recipes (at most {MAX_RECIPES})", "ccbuild release")
     dist = Path(options.dist)
     check_dist(dist, options.force)
+    clean_stale(dist)
     tmp = dist.parent / f".{dist.name}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         raise _err(f"a temporary of this process is in the way: {_shown(tmp)}", dist,
@@ -261,6 +262,37 @@ def release(recipes: list[str | Path], options: ReleaseOptions) -> ReleaseResult
     for res in results:
         res.out = dist / res.name
     return ReleaseResult(dist, results, files)
+
+
+def clean_stale(dist: Path) -> list[str]:
+    """Remove the temporaries of releases into ``dist`` that were killed: exactly
+    ``.NAME.tmp-<pid>`` for this DIST's NAME, that pid not running, a real directory holding
+    only what a release writes there (recipe directories, their temporaries, root files)."""
+    from builder.emit.outdir import _pid_alive
+    removed = []
+    prefix = f".{dist.name}.tmp-"
+    try:
+        names = os.listdir(dist.parent)
+    except OSError:
+        return removed
+    for n in names:
+        if not n.startswith(prefix) or not n[len(prefix):].isdigit():
+            continue
+        pid = int(n[len(prefix):])
+        p = dist.parent / n
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            if not stat.S_ISDIR(os.lstat(p).st_mode):
+                continue
+            ok = all((e.is_file(follow_symlinks=False) and e.name in ROOT_FILES) or
+                     e.is_dir(follow_symlinks=False) for e in os.scandir(p))
+        except OSError:
+            continue
+        if ok:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(n)
+    return removed
 
 
 def _recipe_name(recipe, options: ReleaseOptions, names: dict[str, str]) -> str:

@@ -518,3 +518,26 @@ def test_noop_rebuild_runs_no_tool_version_subprocess(tmp_path, recipe_file, mon
     spawned = {os.path.basename(str(a[0])) for a in popen}
     assert not (spawned & firmware_tools), spawned
     assert not [c for c in calls if os.path.basename(str(c[0])) in firmware_tools]
+
+
+def test_stale_temporaries_of_a_killed_release_are_removed_and_nothing_else(tmp_path):
+    import subprocess
+    from builder.release import clean_stale
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dist = tmp_path / "dist"
+    stale = tmp_path / f".dist.tmp-{dead.pid}"
+    (stale / "snp").mkdir(parents=True)
+    (stale / "SHA256SUMS").write_text("x")
+    foreign = tmp_path / f".dist.tmp-{dead.pid + 1}"     # holds something a release never writes
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("mine")
+    alive = tmp_path / f".dist.tmp-{os.getpid()}"
+    alive.mkdir()
+    other = tmp_path / f".other.tmp-{dead.pid}"
+    other.mkdir()
+    link = tmp_path / f".dist.tmp-{dead.pid + 2}"
+    link.symlink_to(other)
+    assert clean_stale(dist) == [stale.name]
+    assert not stale.exists()
+    assert foreign.exists() and alive.exists() and other.exists() and link.is_symlink()
