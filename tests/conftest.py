@@ -80,7 +80,7 @@ def recipe_file(tmp_path_factory, store):
     from builder.lock import lock_recipe
 
     root = tmp_path_factory.mktemp("recipes-locked")
-    for d in ("recipes", "firmware", "kernel", "agent"):
+    for d in ("recipes", "firmware", "kernel"):
         if (REPO / d).is_dir():
             shutil.copytree(REPO / d, root / d)
     done: dict = {}

@@ -44,7 +44,8 @@ class _Version(argparse.Action):
         from builder.run import found_tools
         lines = [f"ccbuild {__version__}"]
         lines += [f"  {tool:<19} {line}" for tool, line in found_tools()]
-        parser.exit(0, "\n".join(lines) + "\n")
+        print("\n".join(lines))
+        parser.exit(0)
 
 
 def make_parser() -> argparse.ArgumentParser:

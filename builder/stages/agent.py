@@ -4,9 +4,10 @@ Two ways to obtain it:
 
 * a pinned binary (the real Kata agent in production) whose bytes the source layer already fetched:
   :func:`pinned_agent` checks its sha256 and that it is a static ELF executable;
-* the small test agent in C shipped in ``agent/``, built static with the host compiler:
-  :func:`build_test_agent`. The build is reproducible (fixed flags, no paths or dates compiled in,
-  stripped), and the toolchain identity is returned so it can go into the manifest and cache key.
+* the small test agent in C shipped as package data (``builder/data/agent/``), built static
+  with the host compiler: :func:`build_test_agent`. The build is reproducible (fixed flags, no
+  paths or dates compiled in, stripped), and the toolchain identity is returned so it can go
+  into the manifest and cache key.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from builder import __version__
@@ -50,8 +52,9 @@ class AgentBinary:
 
 
 def default_source() -> Path:
-    """The test agent's C source in this repository."""
-    return Path(__file__).resolve().parents[2] / "agent" / SOURCE_NAME
+    """The test agent's C source: package data (``builder/data/agent/``), found through
+    importlib.resources, so an installed wheel has it as well as a checkout."""
+    return Path(str(resources.files("builder") / "data" / "agent" / SOURCE_NAME))
 
 
 def _run(argv: list[str], cwd: Path | None = None, log: Path | None = None) -> str:
