@@ -233,3 +233,27 @@ def write_small_out(d: Path, artifacts: dict[str, bytes], measurements: dict) ->
     for n, b in files.items():
         (d / n).write_bytes(b)
     return d
+
+
+def ccel_log(events) -> bytes:
+    """A CC event log (TCG PFP 1.05 crypto-agile format, SHA-384 only) of ``events``: objects
+    or dicts with register (``rtmr<i>`` or int), event type (name or int), digest (hex or
+    bytes) and optional data (default: the description, ASCII)."""
+    from builder.formats.tcg import EventType as _ET
+    spec = (b"Spec ID Event03\0" + struct.pack("<IBBBB", 0, 0, 2, 0, 2)
+            + struct.pack("<I", 1) + struct.pack("<HH", 0x000C, 48) + b"\0")
+    out = struct.pack("<II", 0, 3) + bytes(20) + struct.pack("<I", len(spec)) + spec
+    for e in events:
+        get = (lambda k: e[k]) if isinstance(e, dict) else (lambda k: getattr(e, k))
+        reg = get("register") if isinstance(e, dict) else get("rtmr")
+        reg = int(reg[4:]) if isinstance(reg, str) else reg
+        et = get("event_type") if isinstance(e, dict) else get("type")
+        et = int(_ET[et]) if isinstance(et, str) else int(et)
+        dg = get("digest")
+        dg = bytes.fromhex(dg) if isinstance(dg, str) else dg
+        data = (e.get("data") if isinstance(e, dict) else None)
+        if data is None:
+            data = get("description").encode("ascii", "replace")
+        out += (struct.pack("<III", reg + 1, et, 1) + struct.pack("<H", 0x000C) + dg
+                + struct.pack("<I", len(data)) + data)
+    return out
