@@ -108,6 +108,8 @@ class Heartbeat:
         self.n = 0
         self.clock = clock
         self.t0 = self.last = clock()
+        if clock is time.monotonic and _steps:   # the first line comes at most ``interval``
+            self.last = min(self.last, _last_line[0])   # after the last one of the run
         self.lines = 0            # progress lines printed
         self.log_lines = 0        # output lines of the tool seen (run_streamed)
         self._stop = None
@@ -156,7 +158,7 @@ class Heartbeat:
             stop = self._stop = threading.Event()
 
             def beat():
-                while not stop.wait(min(1.0, self.interval)):
+                while not stop.wait(min(1.0, self.interval / 5)):
                     self.tick()
             threading.Thread(target=beat, name="ccbuild-heartbeat", daemon=True).start()
         return self
@@ -188,7 +190,7 @@ def _step_heartbeat() -> None:
     say which step is still running (so a long step without a counting bar shows life too)."""
     try:
         while _steps:
-            time.sleep(min(1.0, HEARTBEAT))
+            time.sleep(min(1.0, HEARTBEAT / 5))
             now = time.monotonic()
             open_steps = list(_steps)
             if not open_steps or now - _last_line[0] < HEARTBEAT:

@@ -357,6 +357,17 @@ def test_a_long_step_without_a_bar_says_it_is_running(progress, capsys):
     assert all(ln.startswith("ccbuild: step edk2 amdsev: BaseTools: running, ") for ln in err)
 
 
+def test_a_bar_opened_late_in_a_step_speaks_within_the_interval_of_the_last_line(progress,
+                                                                                 capsys):
+    import time
+    with progress.step("firmware"):
+        time.sleep(0.4)                       # silent, shorter than the interval
+        with progress.step("edk2 build"), progress.bar(10, "edk2", unit="module"):
+            time.sleep(0.35)                  # the bar alone is younger than the interval
+    err = capsys.readouterr().err.splitlines()
+    assert err and err[0].startswith("ccbuild: edk2: 0/10 modules"), err
+
+
 def test_a_short_step_prints_nothing_without_a_terminal(progress, capsys):
     with progress.step("firmware"):
         pass
