@@ -211,24 +211,46 @@ def check_dist(dist: Path, force: bool = False) -> None:
             if not empty and not is_release_dir(dist):
                 raise _err("DIST exists and is not a ccbuild release", dist,
                            "choose another -o or pass -f to replace it")
-    parent = dist.parent
-    try:
-        pst = os.stat(parent)
-    except OSError as e:
-        raise _err(f"cannot use DIST's parent ({e.strerror})", dist,
-                   "create the parent directory first") from None
-    if not stat.S_ISDIR(pst.st_mode) or not os.access(parent, os.W_OK | os.X_OK):
+    probe = dist.parent          # the nearest existing ancestor must be a writable directory
+    while True:
+        try:
+            pst = os.stat(probe)
+            break
+        except FileNotFoundError:
+            if probe == probe.parent:
+                raise _err("DIST's parent does not exist", dist) from None
+            probe = probe.parent
+        except OSError as e:
+            raise _err(f"cannot use DIST's parent ({e.strerror})", dist) from None
+    if not stat.S_ISDIR(pst.st_mode) or not os.access(probe, os.W_OK | os.X_OK):
         raise _err("DIST's parent is not a writable directory", dist)
 
 
 def release(recipes: list[str | Path], options: ReleaseOptions) -> ReleaseResult:
-    from builder.build import BuildOptions, build
     if not recipes:
         raise CCBuildError("no recipe given", "ccbuild release")
     if len(recipes) > MAX_RECIPES:
         raise CCBuildError(f"{len(recipes)} recipes (at most {MAX_RECIPES})", "ccbuild release")
     dist = Path(options.dist)
     check_dist(dist, options.force)
+    created = [p for p in reversed(dist.parents) if not p.exists()]
+    try:
+        dist.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _err(f"cannot create DIST's parent ({e.strerror})", dist) from None
+    try:
+        return _release(recipes, options, dist)
+    except BaseException:
+        for p in reversed(created):    # parents this call made, when still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _release(recipes: list[str | Path], options: ReleaseOptions, dist: Path) -> ReleaseResult:
+    from builder.build import BuildOptions, build
     clean_stale(dist)
     tmp = dist.parent / f".{dist.name}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
