@@ -198,10 +198,10 @@ def _step_heartbeat() -> None:
             rec = open_steps[-1]
             if rec.get("bars") or progress_mode() not in ("heartbeat", "lines", "json"):
                 continue   # a counting bar speaks for the step
-            if now - rec["t0"] >= HEARTBEAT:
-                _emit({"event": "progress", "step": rec["step"],
-                       "elapsed": round(now - rec["t0"], 1)},
-                      f"step {rec['step']}: running, {_duration(now - rec['t0'])}")
+            # silent for HEARTBEAT since the run's last line (or its first step's start)
+            _emit({"event": "progress", "step": rec["step"],
+                   "elapsed": round(now - rec["t0"], 1)},
+                  f"step {rec['step']}: running, {_duration(now - rec['t0'])}")
     finally:
         _ticker.clear()
 

@@ -366,6 +366,16 @@ def test_a_bar_opened_late_in_a_step_speaks_within_the_interval_of_the_last_line
     assert err and err[0].startswith("ccbuild: edk2: 0/10 modules"), err
 
 
+def test_silence_is_measured_from_the_last_line_not_from_the_inner_step(progress, capsys):
+    import time
+    with progress.step("firmware"):
+        time.sleep(0.35)                      # "unpack": silent, shorter than the interval
+        with progress.step("BaseTools"):
+            time.sleep(0.4)                   # younger than the interval, the run is not
+    err = capsys.readouterr().err.splitlines()
+    assert err and err[0].startswith("ccbuild: step BaseTools: running, "), err
+
+
 def test_a_short_step_prints_nothing_without_a_terminal(progress, capsys):
     with progress.step("firmware"):
         pass
