@@ -176,3 +176,13 @@ def test_malformed_variable_event_is_not_recomputable_not_an_error():
     good = te.uefi_variable_data(te.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01")
     assert _digest_from_data("EV_EFI_VARIABLE_DRIVER_CONFIG", good) == \
         te.variable_driver_config_digest(te.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01")
+
+
+def test_out_schema_records_exactly_the_knobs_tdxparams_records():
+    """measurements.json's tdx.profile schema (builder/outschema.py) and TdxParams.to_record()
+    name the same knobs: a knob added to TdxParams without the schema (or the reverse) fails."""
+    from dataclasses import fields
+
+    from builder.measure.tdx import TdxParams
+    from builder.outschema import TdxProfileRecord
+    assert {f.name for f in fields(TdxProfileRecord)} == set(TdxParams().to_record())
