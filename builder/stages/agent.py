@@ -24,7 +24,7 @@ from pathlib import Path
 from builder import __version__
 from builder.errors import CCBuildError, FormatError
 from builder.formats.bytesreader import take, u16, u32, u64
-from builder.run import run
+from builder.run import run, tool_version
 from builder.stages.cached import cached_stage
 
 AGENT_NAME = "ccbuild-test-agent"
@@ -92,10 +92,10 @@ def toolchain_identity(compiler: str) -> str:
     """Compiler, linker and (for musl-gcc) C library versions: one line each.
 
     Everything here goes into the cache key: a different toolchain may give different bytes."""
-    lines = [_run([compiler, "--version"]).splitlines()[0].strip()]
-    ld = _run([compiler, "-print-prog-name=ld"]).strip()
+    lines = [tool_version([compiler, "--version"], what="the agent build")]
+    ld = tool_version([compiler, "-print-prog-name=ld"])
     if ld and shutil.which(ld):
-        lines.append(_run([ld, "--version"]).splitlines()[0].strip())
+        lines.append(tool_version([ld, "--version"]))
     if "musl" in Path(compiler).name:
         lines.append(_musl_version())
     return "\n".join(lines)
@@ -106,11 +106,8 @@ def _musl_version() -> str:
     loader = Path(f"/lib/ld-musl-{platform.machine()}.so.1")
     if not loader.exists():
         return "musl (version unknown)"
-    out = run([loader], check=False).stdout.decode(errors="replace")
-    for line in out.splitlines():
-        if line.startswith("Version "):
-            return "musl " + line.split()[1]
-    return "musl (version unknown)"
+    line = tool_version([str(loader)], r"^Version ")
+    return "musl " + line.split()[1] if line.startswith("Version ") else "musl (version unknown)"
 
 
 def build_test_agent(src: Path, workdir: Path, log: Path | None = None, *,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from builder import log
 from builder.store import Store
 
 
@@ -36,7 +37,10 @@ def cached_stage(store: Store, namespace: str, key: str, blobs: Mapping[str, str
     ref = None if force else store.get_ref(namespace, key)
     if (ref and all(isinstance(ref.get(f), str) and store.has(ref[f]) for f in blobs)
             and accept(ref)):
+        log.note_cache(True)
         return Cached({f: store.get_bytes(ref[f], what) for f, what in blobs.items()}, ref, True)
+    log.note_cache(False, "forced" if force else "no build with this key in the store" if not ref
+                   else "the stored build is incomplete or not accepted")
     work = store.tmpdir()
     try:
         outputs, extra = build(work)
