@@ -290,7 +290,7 @@ def clean_stale(dist: Path) -> list[str]:
     """Remove the temporaries of releases into ``dist`` that were killed: exactly
     ``.NAME.tmp-<pid>`` for this DIST's NAME, that pid not running, a real directory holding
     only what a release writes there (recipe directories, their temporaries, root files)."""
-    from builder.emit.outdir import _pid_alive
+    from builder.emit.outdir import pid_alive
     removed = []
     prefix = f".{dist.name}.tmp-"
     try:
@@ -302,7 +302,7 @@ def clean_stale(dist: Path) -> list[str]:
             continue
         pid = int(n[len(prefix):])
         p = dist.parent / n
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             if not stat.S_ISDIR(os.lstat(p).st_mode):
@@ -332,12 +332,12 @@ def _recipe_name(recipe, options: ReleaseOptions, names: dict[str, str]) -> str:
 
 
 def _swap(tmp: Path, dist: Path) -> None:
-    from builder.emit.outdir import _exchange
+    from builder.emit.outdir import exchange
     parent = dist.parent
     dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if os.path.lexists(dist):
-            if not _exchange(dfd, tmp.name, dist.name):
+            if not exchange(dfd, tmp.name, dist.name):
                 old = f".{dist.name}.old-{os.getpid()}"
                 os.rename(dist.name, old, src_dir_fd=dfd, dst_dir_fd=dfd)
                 try:

@@ -58,7 +58,7 @@ def _err(what: str, out, hint: str | None = None) -> CCBuildError:
     return CCBuildError(what, f"-o {_shown(out)}", hint)
 
 
-def _exchange(dfd: int, a: str, b: str) -> bool:
+def exchange(dfd: int, a: str, b: str) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         f = libc.renameat2
@@ -213,7 +213,7 @@ def check_out(out: Path, force: bool = False) -> None:
         os.close(dfd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False   # a leftover of an earlier process that had our pid
     try:
@@ -235,7 +235,7 @@ def clean_stale(dfd: int, name: str) -> list[str]:
         if not entry.startswith(prefix):
             continue
         m = rx.fullmatch(entry[len(prefix):])
-        if not m or _pid_alive(int(m[2])):
+        if not m or pid_alive(int(m[2])):
             continue
         st = _lstat(dfd, entry)
         if st is None or not stat.S_ISDIR(st.st_mode):
@@ -333,7 +333,7 @@ def write_outdir(out: Path, files: dict[str, bytes], force: bool = False,
         except OSError as e:
             raise _err(f"cannot write next to OUT ({e.strerror})", out) from None
         try:
-            if exists and _exchange(dfd, tmp, name):
+            if exists and exchange(dfd, tmp, name):
                 made_tmp = False
                 shutil.rmtree(tmp, dir_fd=dfd, ignore_errors=True)  # now the previous output
             elif exists:
