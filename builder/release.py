@@ -38,6 +38,7 @@ from typing import Literal
 
 from builder import __version__, log
 from builder.emit.manifest import dumps, sha256sums
+from builder.emit.outdir import exchange, nearest_ancestor, pid_alive
 from builder.errors import CCBuildError
 from builder.outschema import (
     FILE_NAME,
@@ -211,17 +212,8 @@ def check_dist(dist: Path, force: bool = False) -> None:
             if not empty and not is_release_dir(dist):
                 raise _err("DIST exists and is not a ccbuild release", dist,
                            "choose another -o or pass -f to replace it")
-    probe = dist.parent          # the nearest existing ancestor must be a writable directory
-    while True:
-        try:
-            pst = os.stat(probe)
-            break
-        except FileNotFoundError:
-            if probe == probe.parent:
-                raise _err("DIST's parent does not exist", dist) from None
-            probe = probe.parent
-        except OSError as e:
-            raise _err(f"cannot use DIST's parent ({e.strerror})", dist) from None
+    # the nearest existing ancestor must be a writable directory
+    probe, pst = nearest_ancestor(dist.parent, dist, "DIST")
     if not stat.S_ISDIR(pst.st_mode) or not os.access(probe, os.W_OK | os.X_OK):
         raise _err("DIST's parent is not a writable directory", dist)
 
@@ -290,7 +282,6 @@ def clean_stale(dist: Path) -> list[str]:
     """Remove the temporaries of releases into ``dist`` that were killed: exactly
     ``.NAME.tmp-<pid>`` for this DIST's NAME, that pid not running, a real directory holding
     only what a release writes there (recipe directories, their temporaries, root files)."""
-    from builder.emit.outdir import pid_alive
     removed = []
     prefix = f".{dist.name}.tmp-"
     try:
@@ -332,7 +323,6 @@ def _recipe_name(recipe, options: ReleaseOptions, names: dict[str, str]) -> str:
 
 
 def _swap(tmp: Path, dist: Path) -> None:
-    from builder.emit.outdir import exchange
     parent = dist.parent
     dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

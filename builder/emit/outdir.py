@@ -173,21 +173,26 @@ def _check_existing(dfd: int, name: str, out: Path, force: bool) -> bool:
     return True
 
 
+def nearest_ancestor(parent: Path, target: Path, what: str) -> tuple[Path, os.stat_result]:
+    """The nearest existing ancestor of ``target`` (starting at its ``parent``) and its stat:
+    where the missing parents would be created. Errors name ``what`` (OUT, DIST)."""
+    probe = parent
+    while True:
+        try:
+            return probe, os.stat(probe)
+        except FileNotFoundError:
+            if probe == probe.parent:
+                raise _err(f"{what}'s parent does not exist", target) from None
+            probe = probe.parent
+        except OSError as e:
+            raise _err(f"cannot use {what}'s parent ({e.strerror})", target) from None
+
+
 def check_out(out: Path, force: bool = False) -> None:
     """Refuse, before any work, an OUT that :func:`write_outdir` would refuse or fail on."""
     out = Path(out)
     parent, name = _split(out)
-    probe = parent
-    while True:   # the nearest existing ancestor must be a writable directory
-        try:
-            st = os.stat(probe)
-            break
-        except FileNotFoundError:
-            if probe == probe.parent:
-                raise _err("OUT's parent does not exist", out) from None
-            probe = probe.parent
-        except OSError as e:
-            raise _err(f"cannot use OUT's parent ({e.strerror})", out) from None
+    probe, st = nearest_ancestor(parent, out, "OUT")
     if not stat.S_ISDIR(st.st_mode):
         raise _err("OUT's parent is not a directory", out)
     if not os.access(probe, os.W_OK | os.X_OK):
