@@ -170,20 +170,22 @@ def _read_sums(p: Path, entries: dict[str, Entry]) -> dict[str, str] | None:
     e = entries.get("SHA256SUMS")
     if e is None or e.kind != "file":
         return None
-    return _parse_sums(read_regular(p / "SHA256SUMS", "manifest", str(p / "SHA256SUMS")))
+    return parse_sums(read_regular(p / "SHA256SUMS", "manifest", str(p / "SHA256SUMS")))
 
 
 _SUMS_LINE = re.compile(r"([0-9a-f]{64})  ([^\x00/]{1,255})")
 
 
-def _parse_sums(text: bytes) -> dict[str, str] | None:
+def parse_sums(text: bytes, line_re: re.Pattern = _SUMS_LINE) -> dict[str, str] | None:
+    """name -> sha256 of a ``sha256sum`` file whose every line matches ``line_re`` (hash, two
+    spaces, name), no name twice; None when it is not one."""
     out = {}
     try:
         lines = text.decode().splitlines()
     except UnicodeDecodeError:
         return None
     for line in lines:
-        m = _SUMS_LINE.fullmatch(line)
+        m = line_re.fullmatch(line)
         if not m or m[2] in out:
             return None
         out[m[2]] = m[1]
@@ -215,10 +217,7 @@ def check_hashes(out: OutDir) -> list[Check]:
         else:
             rows.append(Check(item, OK, f"{rec['size']} bytes, matches manifest.json"))
     sums_entry = out.entries.get("SHA256SUMS")
-    sums = None
-    if sums_entry is not None and sums_entry.kind == "file":
-        sums = _parse_sums(read_regular(out.path / "SHA256SUMS", "manifest",
-                                        str(out.path / "SHA256SUMS")))
+    sums = _read_sums(out.path, out.entries)
     if sums is None:
         what = (f"is {sums_entry.kind}, not a regular file" if sums_entry is not None and
                 sums_entry.kind != "file" else "missing or not in `sha256sum` format")

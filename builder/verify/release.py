@@ -37,7 +37,7 @@ from builder.release import (
     merge_reference_values,
 )
 from builder.verify.measurements import recompute_measurements
-from builder.verify.out import check_hashes, load_out, sha256_stream
+from builder.verify.out import check_hashes, load_out, parse_sums, sha256_stream
 from builder.verify.report import FAIL, INFO, OK, Check, Verdict
 
 MAX_DIST_ENTRIES = MAX_RECIPES + len(ROOT_FILES)
@@ -163,17 +163,7 @@ def _check_recipe(dist: Path, name: str, entry: dict, kind: str | None) -> list[
 def _read_sums(dist: Path, entries: dict[str, str]) -> dict[str, str] | None:
     if entries.get(SUMS) != "file":
         return None
-    try:
-        lines = read_regular(dist / SUMS, "manifest", _where(dist, SUMS)).decode().splitlines()
-    except UnicodeDecodeError:
-        return None
-    out: dict[str, str] = {}
-    for ln in lines:
-        m = _SUMS_LINE.fullmatch(ln)
-        if not m or m[2] in out:
-            return None
-        out[m[2]] = m[1]
-    return out
+    return parse_sums(read_regular(dist / SUMS, "manifest", _where(dist, SUMS)), _SUMS_LINE)
 
 
 def _dist_files(dist: Path, entries: dict[str, str], names: list[str]) -> dict[str, str]:
