@@ -257,3 +257,34 @@ def ccel_log(events) -> bytes:
         out += (struct.pack("<III", reg + 1, et, 1) + struct.pack("<H", 0x000C) + dg
                 + struct.pack("<I", len(data)) + data)
     return out
+
+
+# -- sev-snp-measure as the independent SNP oracle ------------------------------------------------
+class SnpOracle:
+    """sev-snp-measure (a second implementation, test-only) over inputs written to ``folder``.
+    ``vmm`` is a builder.measure.vmsa.Vmm or its name (qemu, ec2, gce)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.n = folder, 0
+
+    def _file(self, data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        self.n += 1
+        p = self.folder / f"in{self.n}"
+        p.write_bytes(data)
+        return str(p)
+
+    def digest(self, fw: bytes, vcpus: int, sig: int, vmm, features: int, kernel=None,
+               initrd=None, append=None, ovmf_hash: str = "") -> bytes:
+        guest = pytest.importorskip("sevsnpmeasure.guest")
+        from sevsnpmeasure.vmm_types import VMMType
+        vmm_type = {"qemu": VMMType.QEMU, "ec2": VMMType.ec2, "gce": VMMType.gce}[
+            getattr(vmm, "value", vmm)]
+        return guest.snp_calc_launch_digest(vcpus, sig, self._file(fw), self._file(kernel),
+                                            self._file(initrd), append, features, ovmf_hash,
+                                            vmm_type)
+
+    def ovmf_hash(self, fw: bytes) -> bytes:
+        guest = pytest.importorskip("sevsnpmeasure.guest")
+        return guest.calc_snp_ovmf_hash(self._file(fw))

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
+
+from helpers import SnpOracle
 
 from builder.errors import CCBuildError
 from builder.measure.cpu import vcpu_type
@@ -22,9 +23,7 @@ from builder.measure.vmsa import Vmm
 
 guest = pytest.importorskip("sevsnpmeasure.guest")
 from sevsnpmeasure import vcpu_types as oracle_cpus  # noqa: E402
-from sevsnpmeasure.vmm_types import VMMType  # noqa: E402
 
-ORACLE_VMM = {Vmm.QEMU: VMMType.QEMU, Vmm.EC2: VMMType.ec2, Vmm.GCE: VMMType.gce}
 VCPU_COUNTS = [1, 2, 3, 4, 64, 255]
 FEATURES = [0x1, 0x21]
 # (kernel, initrd, append) variants; None = not given.
@@ -38,29 +37,14 @@ BOOT_VARIANTS = {
 }
 
 
-class Oracle:
-    """sev-snp-measure over files written to a temporary folder."""
+class Oracle(SnpOracle):
+    """The shared sev-snp-measure oracle, values as hex (as measurements.json writes them)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.n = 0
-
-    def _file(self, data: bytes | None) -> str | None:
-        if data is None:
-            return None
-        self.n += 1
-        p = self.folder / f"in{self.n}"
-        p.write_bytes(data)
-        return str(p)
-
-    def digest(self, fw: bytes, vcpus: int, sig: int, vmm: Vmm, features: int,
-               kernel=None, initrd=None, append=None, ovmf_hash: str = "") -> str:
-        return guest.snp_calc_launch_digest(
-            vcpus, sig, self._file(fw), self._file(kernel), self._file(initrd), append, features,
-            ovmf_hash, ORACLE_VMM[vmm]).hex()
+    def digest(self, *args, **kw) -> str:
+        return super().digest(*args, **kw).hex()
 
     def ovmf_hash(self, fw: bytes) -> str:
-        return guest.calc_snp_ovmf_hash(self._file(fw)).hex()
+        return super().ovmf_hash(fw).hex()
 
 
 @pytest.fixture

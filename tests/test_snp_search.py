@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 
 import pytest
+
+from helpers import SnpOracle
 
 from builder.errors import CCBuildError
 from builder.measure.cpu import REAL_EPYC_PARTS, known_signatures, vcpu_type
@@ -33,9 +34,7 @@ from builder.measure.snp_search import (
 from builder.measure.vmsa import Vmm
 
 guest = pytest.importorskip("sevsnpmeasure.guest")
-from sevsnpmeasure.vmm_types import VMMType  # noqa: E402
 
-ORACLE_VMM = {Vmm.QEMU: VMMType.QEMU, Vmm.EC2: VMMType.ec2, Vmm.GCE: VMMType.gce}
 KERNEL = random.Random(1).randbytes(3 * 4096 + 17)
 INITRD = random.Random(2).randbytes(5000)
 CMDLINE = "console=ttyS0 root=/dev/vda1 agent.log=debug"
@@ -46,23 +45,12 @@ SMALL = SearchSpace(vcpus=tuple(range(1, 65)), vcpu_sigs=tuple(known_signatures(
                     guest_features=(0x1, 0x21, 0x201, 0x221, 0x8001, 0x200021))
 
 
-class Oracle:
-    def __init__(self, folder: Path):
-        self.folder, self.n = folder, 0
-
-    def _file(self, data: bytes | None) -> str | None:
-        if data is None:
-            return None
-        self.n += 1
-        p = self.folder / f"in{self.n}"
-        p.write_bytes(data)
-        return str(p)
+class Oracle(SnpOracle):
+    """The shared sev-snp-measure oracle with this module's default kernel, initrd, cmdline."""
 
     def digest(self, fw: bytes, vcpus: int, sig: int, vmm: Vmm, features: int,
                kernel=KERNEL, initrd=INITRD, append=CMDLINE) -> bytes:
-        return guest.snp_calc_launch_digest(vcpus, sig, self._file(fw), self._file(kernel),
-                                            self._file(initrd), append, features, "",
-                                            ORACLE_VMM[vmm])
+        return super().digest(fw, vcpus, sig, vmm, features, kernel, initrd, append)
 
 
 @pytest.fixture
