@@ -156,6 +156,24 @@ def _signature(args, report_bytes: bytes) -> str | None:
             f"{vr.vcek_subject} ({vr.chain_source}, {vr.product})")
 
 
+def _given_sha256(args, name: str, current: bytes | None, sources: dict[str, str],
+                  overridden: list[str]) -> bytes | None:
+    """The SHA-256 of ``--NAME FILE`` or ``--NAME-sha256 HEX`` when given (replacing OUT's,
+    named in ``overridden`` when it differs), else ``current``."""
+    path, hexdigest = getattr(args, name), getattr(args, f"{name}_sha256")
+    if path is not None:
+        digest, src = hash_input(path, f"--{name}", name)[0], f"--{name} {path}"
+    elif hexdigest is not None:
+        digest = sha256_arg(hexdigest, f"--{name}-sha256")
+        src = f"--{name}-sha256 {digest.hex()}"
+    else:
+        return current
+    if current is not None and digest != current:
+        overridden.append(name)
+    sources[name] = src
+    return digest
+
+
 def _inputs(args):
     """The SnpInputs and Published of the command line (OUT and/or files and digests)."""
     from builder.verify.explain_snp import SnpInputs, published_from
@@ -182,28 +200,8 @@ def _inputs(args):
             overridden.append("firmware")
         fw = given_fw
         sources["firmware"] = f"--firmware {args.firmware}"
-    k = None
-    if args.kernel is not None:
-        k = hash_input(args.kernel, "--kernel", "kernel")[0]
-        src = f"--kernel {args.kernel}"
-    elif args.kernel_sha256 is not None:
-        k = sha256_arg(args.kernel_sha256, "--kernel-sha256")
-        src = f"--kernel-sha256 {k.hex()}"
-    if k is not None:
-        if kernel256 is not None and k != kernel256:
-            overridden.append("kernel")
-        kernel256, sources["kernel"] = k, src
-    i = None
-    if args.initrd is not None:
-        i = hash_input(args.initrd, "--initrd", "initrd")[0]
-        src = f"--initrd {args.initrd}"
-    elif args.initrd_sha256 is not None:
-        i = sha256_arg(args.initrd_sha256, "--initrd-sha256")
-        src = f"--initrd-sha256 {i.hex()}"
-    if i is not None:
-        if initrd256 is not None and i != initrd256:
-            overridden.append("initrd")
-        initrd256, sources["initrd"] = i, src
+    kernel256 = _given_sha256(args, "kernel", kernel256, sources, overridden)
+    initrd256 = _given_sha256(args, "initrd", initrd256, sources, overridden)
     reference = cmdline
     if append is not None:
         if cmdline is not None and append != cmdline:
