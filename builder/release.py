@@ -426,8 +426,11 @@ def provenance_statement(results, subjects: dict[str, bytes]) -> dict:
     }
 
 
-def bundle_files(results, sign_key: Path | None = None) -> dict[str, bytes]:
-    """DIST's root files for these builds (every OUT's files are ``results[i].files``)."""
+def bundle_files(results, sign_key: Path | None = None,
+                 signature: bytes | None = None) -> dict[str, bytes]:
+    """DIST's root files for these builds (every OUT's files are ``results[i].files``): the
+    bundle signed with ``sign_key``, or carrying an existing ``signature`` of it (``verify DIST
+    --rebuild`` lists the release's own signatures, which it cannot recreate)."""
     tree = {f"{r.name}/{n}": b for r in results for n, b in r.files.items()}
     root: dict[str, bytes] = {BUNDLE: dumps(bundle_document(results), BUNDLE)}
     root[RVPS] = dumps(rvps_message(json.loads(root[BUNDLE])["reference_values"]), RVPS)
@@ -438,6 +441,8 @@ def bundle_files(results, sign_key: Path | None = None) -> dict[str, bytes]:
         from builder.inputs import read_regular
         where = f"--sign-key {sign_key}"
         root[SIGNATURE] = sign_manifest(root[BUNDLE], read_regular(sign_key, "key", where), where)
+    elif signature is not None:
+        root[SIGNATURE] = signature
     root[SUMS] = sha256sums({**tree, **root})
     return root
 
