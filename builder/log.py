@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Iterator
 
-_state = {"verbose": False, "debug": False, "quiet": False, "progress": None}
+_state = {"verbose": False, "debug": False, "quiet": False, "progress": None, "tag": None}
 MODES = ("bars", "heartbeat", "lines", "json", "off")
 HEARTBEAT = 30.0          # seconds between progress lines of a long step without a terminal
 _steps: list[dict] = []   # the open steps, innermost last
@@ -47,9 +47,47 @@ def verbose() -> bool:
     return _state["verbose"]
 
 
+def set_tag(tag: str | None) -> None:
+    """Name the recipe this process builds (``ccbuild release``): every line then starts with
+    ``[tag]`` and every JSON event carries ``"recipe": tag``."""
+    _state["tag"] = tag
+
+
+def settings() -> dict:
+    """This process's logging settings, the progress mode resolved (for a worker process)."""
+    return {"verbose": _state["verbose"], "debug": _state["debug"], "quiet": _state["quiet"],
+            "progress": progress_mode()}
+
+
+def init_worker(conf: dict, tag: str | None) -> None:
+    """In a worker process (``ccbuild release``): the parent's :func:`settings`, this worker's
+    tag, and no step or heartbeat thread inherited from the parent (a fork copies the
+    bookkeeping, not the threads). Bars become heartbeat lines: several processes cannot share
+    a terminal's bars."""
+    configure(conf["verbose"], conf["debug"], conf["quiet"])
+    set_progress("heartbeat" if conf["progress"] == "bars" else conf["progress"])
+    set_tag(tag)
+    _steps.clear()
+    _ticker.clear()
+    _last_line[0] = time.monotonic()
+
+
+def _tagged(msg: str) -> str:
+    return f"[{_state['tag']}] {msg}" if _state["tag"] else msg
+
+
+def _line(text: str) -> None:
+    """One line on stderr in one write: lines of worker processes sharing stderr do not mix."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (AttributeError, ValueError):
+        pass   # no stderr (a closed one)
+
+
 def info(msg: str) -> None:
     if not _state["quiet"]:
-        print(msg, file=sys.stderr, flush=True)
+        _line(_tagged(msg))
 
 
 def echo_command(argv: list[str]) -> None:
@@ -85,9 +123,11 @@ _ticker: list = []        # the step heartbeat thread, while one runs
 def _emit(event: dict, text: str) -> None:
     _last_line[0] = time.monotonic()
     if progress_mode() == "json":
-        print(json.dumps(event, sort_keys=True, ensure_ascii=True), file=sys.stderr, flush=True)
+        if _state["tag"]:
+            event = {**event, "recipe": _state["tag"]}
+        _line(json.dumps(event, sort_keys=True, ensure_ascii=True))
     else:
-        print(f"ccbuild: {text}", file=sys.stderr, flush=True)
+        _line(f"ccbuild: {_tagged(text)}")
 
 
 def _duration(s: float) -> str:
@@ -183,6 +223,43 @@ def note_cache(hit: bool, why: str = "") -> None:
         _steps[-1]["cache"] = "hit" if hit else "miss"
         if why:
             _steps[-1]["why"] = why
+
+
+@contextlib.contextmanager
+def waiting(what: str) -> Iterator[None]:
+    """This process waits for ``what`` (another process's build of a stage): one line now
+    (``waiting for another build of firmware 1a2b3c4d5e6f``) in every mode but quiet; without
+    a terminal a line every :data:`HEARTBEAT` seconds of silence while it still waits (``still
+    waiting for ..., 1m30s``; the step's own heartbeat defers to it); one line when the wait is
+    over."""
+    import threading
+    t0 = time.monotonic()
+    if not _state["quiet"]:
+        _emit({"event": "wait", "what": what}, f"waiting for {what}")
+    rec = _steps[-1] if _steps else None
+    if rec is not None:
+        rec["bars"] = rec.get("bars", 0) + 1
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(min(1.0, HEARTBEAT / 5)):
+            now = time.monotonic()
+            if now - _last_line[0] >= HEARTBEAT:
+                _emit({"event": "progress", "waiting": what, "elapsed": round(now - t0, 1),
+                       **({"step": rec["step"]} if rec is not None else {})},
+                      f"still waiting for {what}, {_duration(now - t0)}")
+    if progress_mode() in ("heartbeat", "lines", "json"):
+        threading.Thread(target=beat, name="ccbuild-wait-heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if rec is not None:
+            rec["bars"] = rec.get("bars", 1) - 1
+        dt = time.monotonic() - t0
+        if not _state["quiet"]:
+            _emit({"event": "waited", "what": what, "duration": round(dt, 3)},
+                  f"waited {_duration(dt)} for {what}")
 
 
 def _step_heartbeat() -> None:

@@ -5,19 +5,27 @@ Layout::
     blobs/sha256/ab/abcdef...     file contents, named by their SHA-256
     refs/<namespace>/<key>.json   a resolved name -> {"sha256": ..., ...} (e.g. a Debian pin, a build)
     logs/<name>.log               logs of external builds
-    tmp/                          staging for atomic writes
+    locks/<namespace>/<key>.lock  one build of a key at a time (flock; holds the holder's pid)
+    tmp/                          staging for atomic writes (each scratch directory its own)
 
 Every read re-hashes the blob and refuses one whose content no longer matches its name, so a
-tampered or truncated entry never reaches a build. Every write is atomic (temp file + rename).
+tampered or truncated entry never reaches a build. Every write is atomic (temp file + rename), so
+two processes writing the same content-addressed blob or ref (two recipes of a release, two CI
+jobs sharing a cache) leave one complete copy. :meth:`Store.lock` serializes the builds of one
+key across processes (see :mod:`builder.stages.cached`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,10 @@ from builder.errors import CCBuildError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+LOCK_TIMEOUT_ENV = "CCBUILD_LOCK_TIMEOUT"
+LOCK_TIMEOUT = 4 * 3600.0     # seconds: longer than any stage's cold build on a small machine
+_held: set[str] = set()       # the lock files this process holds (a lock is not re-entrant)
 
 
 def default_root() -> Path:
@@ -142,8 +154,7 @@ class Store:
 
     # -- refs: small JSON records naming blobs -------------------------------------------------
     def _ref_path(self, namespace: str, key: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9._+-]", "_", key)
-        return self.root / "refs" / namespace / f"{safe}.json"
+        return self.root / "refs" / namespace / f"{_safe_name(key)}.json"
 
     def get_ref(self, namespace: str, key: str) -> dict | None:
         p = self._ref_path(namespace, key)
@@ -159,5 +170,144 @@ class Store:
         rec = dict(record, key=key)
         atomic_write(self._ref_path(namespace, key), json.dumps(rec, sort_keys=True).encode())
 
+    # -- locks: one build of a key at a time, across processes -----------------------------------
+    def lock(self, namespace: str, key: str) -> "StoreLock":
+        """The lock file ``locks/<namespace>/<key>.lock``, opened (created) without following a
+        symlink anywhere below the store's root; not yet locked (:meth:`StoreLock.acquire`)."""
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(f"bad lock namespace {namespace!r}")   # a code bug
+        name = f"{_safe_name(key)}.lock"
+        shown = f"locks/{namespace}/{name}"
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _lock_error(shown, self.root, e) from None
+        try:
+            for part in ("locks", namespace):
+                try:
+                    os.mkdir(part, 0o755, dir_fd=dfd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(part, flags, dir_fd=dfd)
+                os.close(dfd)
+                dfd = nfd
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         os.O_CLOEXEC | os.O_NOCTTY, 0o644, dir_fd=dfd)
+        except OSError as e:
+            raise _lock_error(shown, self.root, e) from None
+        finally:
+            os.close(dfd)
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            raise _lock_error(shown, self.root, e) from None
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CCBuildError("the store's lock file is not a regular file",
+                               f"{shown} in {self.root}", "remove it")
+        return StoreLock(fd, shown, f"{self.root}/{shown}")
+
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{re.sub(r'[^A-Za-z0-9._+-]', '_', name)}.log"
+
+
+def _safe_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", key)
+
+
+def _lock_error(shown: str, root: Path, e: OSError) -> CCBuildError:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return CCBuildError("the store's lock file or its directory is a symlink or not a "
+                            "directory", f"{shown} in {root}",
+                            "remove it; ccbuild never follows links inside its store")
+    return CCBuildError(f"cannot open the store's lock file ({e.strerror})", f"{shown} in {root}",
+                        "set CCBUILD_CACHE to a writable directory")
+
+
+def lock_timeout() -> float:
+    """How long a build waits for another process's build of the same key
+    (``CCBUILD_LOCK_TIMEOUT`` seconds, default :data:`LOCK_TIMEOUT`)."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return LOCK_TIMEOUT
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not (0 < v < float("inf")):
+        raise CCBuildError(f"{LOCK_TIMEOUT_ENV}={raw[:40]!r} is not a number of seconds > 0",
+                           LOCK_TIMEOUT_ENV)
+    return v
+
+
+class StoreLock:
+    """An exclusive ``flock`` on one lock file of the store (released when this process exits,
+    however it exits; never inherited by the tools a build runs). While held, the file holds
+    the holder's pid, which a waiter shows."""
+
+    def __init__(self, fd: int, shown: str, path: str):
+        self.fd, self.shown, self.path = fd, shown, path
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        if self.path in _held:
+            raise RuntimeError(f"{self.shown} is already held by this process")  # a code bug
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise CCBuildError(f"cannot lock the store ({e.strerror})", self.shown) from None
+        self.held = True
+        _held.add(self.path)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass   # the pid is only shown to waiters
+        return True
+
+    def holder(self) -> str:
+        """``pid N`` of the process holding the lock, as its file says ("" when it says
+        nothing readable)."""
+        try:
+            raw = os.pread(self.fd, 32, 0)
+        except OSError:
+            return ""
+        text = raw.decode("ascii", "replace").strip()
+        return f"pid {text}" if text.isdigit() and len(text) <= 10 else ""
+
+    def acquire(self, timeout: float, poll: float = 0.5) -> None:
+        """Wait until the lock is ours, or raise a one-line error after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while not self.try_acquire():
+            now = time.monotonic()
+            if now >= deadline:
+                holder = self.holder()
+                raise CCBuildError(
+                    f"waited {int(timeout)} s for another build of the same stage "
+                    f"({holder or 'holder unknown'})", self.path,
+                    f"wait for that build, or stop it; {LOCK_TIMEOUT_ENV} sets the wait")
+            time.sleep(min(delay, poll, deadline - now))
+            delay *= 2
+
+    def release(self) -> None:
+        if self.held:
+            _held.discard(self.path)
+            self.held = False
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+        if self.fd >= 0:
+            os.close(self.fd)   # closing the file releases the flock
+            self.fd = -1
+
+    def __enter__(self) -> "StoreLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
