@@ -16,11 +16,25 @@ them:
   bundle (:mod:`builder.emit.signature`);
 - ``SHA256SUMS``: every file of DIST (``sha256sum -c`` from DIST).
 
-Recipes are built one after the other through :func:`builder.build.build` (their stages are shared
-through the store, so a stage two recipes have in common is built once; ``--jobs`` is each build's
-parallelism). Everything is written into a hidden sibling ``.DIST.tmp-<pid>`` and swapped into
-place, so DIST is either the previous complete release or the new one. No clock, path or host name
-enters DIST: two releases of the same recipes are byte-identical.
+Every recipe is built through :func:`builder.build.build`, several at once in worker processes
+(:func:`plan`): ``jobs`` (``-j``, default the number of cores) is the whole release's budget of
+parallel jobs; ``parallel`` (``-P``, default ``min(jobs, recipes)``) recipes build at once, each
+build running ``jobs // parallel`` jobs (EDK2's and the kernel's make). ``-P 1`` builds one recipe
+after the other in this process, each with every job. Stages are shared through the store: a
+stage two recipes have in common is built once, the second build waiting on the store's lock of
+that stage (:mod:`builder.stages.cached`) and then taking it from the store.
+
+A worker writes its OUT into the release's temporary directory and returns only the names and
+SHA-256 of its files; the parent reads them back (regular files, capped) and computes the bundle,
+so DIST is byte-identical whatever the parallelism. Each worker runs in a process group of its
+own (the tools it runs with it); the first failure stops every other worker (SIGTERM to its
+group, SIGKILL after a grace period) before the temporary directory is removed, and reaches the
+caller as the worker's own :class:`CCBuildError` (an interrupt does the same). Every line a
+worker logs names its recipe (``ccbuild: [snp] step firmware: ...``).
+
+Everything is written into a hidden sibling ``.DIST.tmp-<pid>`` and swapped into place, so DIST is
+either the previous complete release or the new one. No clock, path or host name enters DIST: two
+releases of the same recipes are byte-identical.
 """
 
 from __future__ import annotations
@@ -31,7 +45,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -128,7 +144,8 @@ def reference() -> str:
 class ReleaseOptions:
     dist: Path
     sign_key: Path | None = None
-    jobs: int = 0
+    jobs: int = 0              # the release's job budget; 0: the number of cores
+    parallel: int = 0          # recipes built at once; 0: min(jobs, recipes)
     offline: bool = False
     locked: bool = False
     force: bool = False
@@ -241,8 +258,17 @@ def release(recipes: list[str | Path], options: ReleaseOptions) -> ReleaseResult
         raise
 
 
+def plan(jobs: int, parallel: int, recipes: int) -> tuple[int, int]:
+    """(recipes built at once, jobs of each build) for a budget of ``jobs`` (0: the number of
+    cores) and ``parallel`` recipes at once (0: as many as the budget and the recipes allow)."""
+    budget = jobs or os.cpu_count() or 1
+    at_once = max(1, min(parallel or budget, recipes))
+    return at_once, max(1, budget // at_once)
+
+
 def _release(recipes: list[str | Path], options: ReleaseOptions, dist: Path) -> ReleaseResult:
-    from builder.build import BuildOptions, build
+    names: dict[str, str] = {}
+    named = [(_recipe_name(r, options, names), r) for r in recipes]   # refused before any build
     clean_stale(dist)
     tmp = dist.parent / f".{dist.name}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
@@ -250,17 +276,13 @@ def _release(recipes: list[str | Path], options: ReleaseOptions, dist: Path) -> 
                    "remove it")
     os.mkdir(tmp, 0o700)
     try:
-        results = []
-        names: dict[str, str] = {}
-        for r in recipes:
-            res = None
-            with log.step(f"release {Path(r).name}"):
-                res = build(r, BuildOptions(out=tmp / _recipe_name(r, options, names),
-                                            offline=options.offline, locked=options.locked,
-                                            allow_outside=options.allow_outside,
-                                            store_root=options.store_root, jobs=options.jobs,
-                                            sign_key=options.sign_key))
-            results.append(res)
+        at_once, jobs = plan(options.jobs, options.parallel, len(named))
+        if at_once == 1:
+            results = []
+            for name, r in named:
+                results.append(_build_one(name, r, options, tmp / name, jobs))
+        else:
+            results = _build_parallel(named, options, tmp, at_once, jobs)
         files = bundle_files(results, options.sign_key)
         for n, b in sorted(files.items()):
             fd = os.open(tmp / n, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -276,6 +298,214 @@ def _release(recipes: list[str | Path], options: ReleaseOptions, dist: Path) -> 
     for res in results:
         res.out = dist / res.name
     return ReleaseResult(dist, results, files)
+
+
+def _build_one(name: str, recipe, options: ReleaseOptions, out: Path, jobs: int):
+    """One recipe's build into ``out``, its lines tagged with its name."""
+    from builder.build import BuildOptions, build
+    log.set_tag(name)
+    try:
+        with log.step(f"release {name}"):
+            return build(recipe, BuildOptions(out=out, offline=options.offline,
+                                              locked=options.locked,
+                                              allow_outside=options.allow_outside,
+                                              store_root=options.store_root, jobs=jobs,
+                                              sign_key=options.sign_key))
+    finally:
+        log.set_tag(None)
+
+
+# --- recipes in worker processes ----------------------------------------------------------------
+
+STOP_GRACE = 5.0     # seconds a stopped worker has to clean up before SIGKILL
+
+
+class _Stopped(BaseException):
+    """Raised in a worker by SIGTERM (the parent stops it): its cleanups run, it reports
+    nothing."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)    # once: the cleanups are not interrupted
+    raise _Stopped()
+
+
+def _detach(parent: int | None) -> None:
+    """A worker's setup: a process group of its own (the parent stops it and every tool it
+    runs at once; the terminal's Ctrl-C goes to the parent, which stops the workers), SIGTERM
+    to stop, SIGTERM when the parent dies, no terminal input, and output to the terminal
+    allowed from the background group."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent is not None and os.getppid() != parent:    # the parent died before that
+        raise _Stopped()
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+def _worker(conn, parent: int | None, name: str, recipe: str, options: ReleaseOptions, out: Path,
+            jobs: int, logconf: dict) -> None:
+    """A worker process: build one recipe into ``out`` and send ("ok", summary), ("error",
+    exit code, what, where, hint) for a CCBuildError, or ("crash", text, traceback)."""
+    try:
+        _detach(parent)
+        log.init_worker(logconf, name)
+        res = _build_one(name, recipe, options, out, jobs)
+        conn.send(("ok", {"platform": res.platform, "up_to_date": res.up_to_date,
+                          "timings": [(str(k), float(v)) for k, v in res.timings],
+                          "sums": {n: hashlib.sha256(b).hexdigest()
+                                   for n, b in res.files.items()}}))
+    except _Stopped:
+        pass
+    except CCBuildError as e:
+        conn.send(("error", e.exit_code, str(e.what),
+                   None if e.where is None else str(e.where),
+                   None if e.hint is None else str(e.hint)))
+    except BaseException as e:   # a bug: its traceback as text, never a pickled object
+        import traceback
+        conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _context():
+    """fork when this process runs no other thread (cheap: the modules are loaded); otherwise
+    a fork server (forking a threaded process can copy a held lock)."""
+    import multiprocessing
+    import threading
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["builder.build", "builder.release"])
+    return ctx
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """``sig`` to the worker's process group (the worker and its tools), or to the worker
+    alone while it has no group yet. Only called before the worker is reaped, so its pid and
+    group id cannot have been reused."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    except PermissionError:
+        pass
+
+
+def _exited(p) -> bool:
+    """The worker has exited (a child of this process: without reaping it)."""
+    try:
+        return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:     # reaped already, or a child of the fork server
+        return p.exitcode is not None
+
+
+def _stop(procs: list) -> None:
+    """Stop every worker and the tools it runs: SIGTERM to each group, SIGKILL to what is left
+    after :data:`STOP_GRACE` (or at a second interrupt), then reap them."""
+    for p in procs:
+        _signal_group(p.pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and not all(_exited(p) for p in procs):
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            _signal_group(p.pid, signal.SIGKILL)
+            p.join()
+
+
+def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tmp: Path,
+                    at_once: int, jobs: int) -> list:
+    """Every recipe built by a worker process, ``at_once`` at a time; the results in recipe
+    order, read back from ``tmp/<name>``."""
+    from multiprocessing.connection import wait
+    ctx = _context()
+    parent = os.getpid() if ctx.get_start_method() == "fork" else None  # else the server's
+    conf = log.settings()
+    pending = list(enumerate(named))
+    running: dict = {}          # connection -> (index, name, process)
+    results: list = [None] * len(named)
+    try:
+        while pending or running:
+            while pending and len(running) < at_once:
+                i, (name, recipe) = pending.pop(0)
+                r, w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker, name=f"ccbuild-release-{name}",
+                                args=(w, parent, name, str(recipe), options, tmp / name,
+                                      jobs, conf))
+                p.start()
+                w.close()
+                try:
+                    os.setpgid(p.pid, p.pid)    # the worker does it too; whoever is first
+                except OSError:
+                    pass
+                running[r] = (i, name, p)
+            for r in wait(list(running)):
+                i, name, p = running[r]
+                try:
+                    msg = r.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if msg is None or msg[0] != "ok":
+                    raise _failure(msg, name, p)
+                del running[r]
+                r.close()
+                p.join()
+                results[i] = _read_back(tmp / name, name, named[i][1], msg[1])
+    except BaseException:
+        _stop([p for _, _, p in running.values()])
+        for r in running:
+            r.close()
+        raise
+    return results
+
+
+def _failure(msg, name: str, p) -> BaseException:
+    if msg is not None and msg[0] == "error":
+        _, code, what, where, hint = msg
+        from builder.errors import CheckFailed
+        return (CheckFailed if code == CheckFailed.exit_code else CCBuildError)(what, where, hint)
+    if msg is not None and msg[0] == "crash":
+        return RuntimeError(f"the build of {name} failed: {msg[1]}\n{msg[2]}")
+    p.join(STOP_GRACE)
+    return CCBuildError(f"the build of {name} ended without a result (exit code {p.exitcode})",
+                        "ccbuild release", "see the lines above; a killed worker (out of "
+                        "memory?) says nothing")
+
+
+def _read_back(out: Path, name: str, recipe, summary: dict):
+    """The BuildResult of a worker's OUT: its files read back (regular files, capped), each
+    checked against the SHA-256 the worker sent."""
+    from builder.build import BuildResult
+    from builder.inputs import read_regular
+    files = {}
+    for n, digest in sorted(summary["sums"].items()):
+        if not _NAME.fullmatch(n):
+            raise CCBuildError(f"a worker named the file {n[:60]!r}", f"release {name}")
+        data = read_regular(out / n, "artifact", f"{name}/{n}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise CCBuildError("changed after its build", f"{name}/{n} in the release's "
+                               "temporary directory")
+        files[n] = data
+    manifest = json.loads(files["manifest.json"])
+    measurements = json.loads(files["measurements.json"])
+    return BuildResult(out, name, summary["platform"], files, manifest, measurements,
+                       summary["up_to_date"], [tuple(t) for t in summary["timings"]])
 
 
 def clean_stale(dist: Path) -> list[str]:

@@ -213,6 +213,28 @@ class Store:
         return self.root / "logs" / f"{re.sub(r'[^A-Za-z0-9._+-]', '_', name)}.log"
 
 
+def seed_store(src: Path, dst: Path) -> Store:
+    """A new store at ``dst`` holding ``src``'s blobs (hard links where the file system allows:
+    a blob is never written in place, only replaced) and copies of its refs and tool versions;
+    ``src`` is only read. For benchmarks and tests that must not disturb the user's store."""
+    import shutil
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        raise FileExistsError(dst)
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src / "blobs", dst / "blobs", copy_function=link_or_copy, symlinks=True)
+    shutil.copytree(src / "refs", dst / "refs", symlinks=True)
+    for name in ("tool-versions.json",):
+        if (src / name).is_file() and not (src / name).is_symlink():
+            shutil.copy2(src / name, dst / name)
+    return Store.open(dst)
+
+
 def _safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", key)
 

@@ -1,5 +1,5 @@
-"""`ccbuild release RECIPE... -o DIST [--sign-key PEM] [--jobs N] [--json]`: build every recipe
-into DIST/<name>/ and write one bundle of reference values, one RVPS message, one provenance and
+"""`ccbuild release RECIPE... -o DIST [--sign-key PEM] [-j N] [-P M] [--json]`: build every recipe
+(M at once in worker processes, N jobs in all) into DIST/<name>/ and write one bundle of reference values, one RVPS message, one provenance and
 SHA256SUMS beside them (builder.release)."""
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ def register(sub) -> None:
     p.add_argument("--sign-key", type=Path, metavar="PEM",
                    help="ECDSA private key: sign the bundle (reference-values.json.sig) and "
                    "every manifest.json")
-    p.add_argument("-j", "--jobs", type=int, default=0,
-                   help="parallel jobs of each build (default: cores); recipes build one after "
-                   "the other, sharing stages through the store")
+    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                   help="the release's budget of parallel jobs (default: cores), shared by the "
+                   "recipes building at once: each build runs N // M jobs")
+    p.add_argument("-P", "--parallel", type=int, default=0, metavar="M",
+                   help="recipes built at once, each in a worker process (default: min(N, "
+                   "recipes)); -P 1 builds them one after the other with N jobs each. Stages "
+                   "they share are built once (the others wait for it) and the release is "
+                   "byte-identical whatever M")
     p.add_argument("--offline", action="store_true", help="use only the store; fetch nothing")
     p.add_argument("--locked", action="store_true",
                    help="fail on any input without a sha256 pin or whose pin changed")
@@ -44,8 +49,11 @@ def run(args) -> int:
         log.set_progress("json")   # one JSON event per step on stderr; the summary on stdout
     if args.jobs < 0:
         raise CCBuildError(f"--jobs {args.jobs} must be 0 (all cores) or more")
+    if args.parallel < 0:
+        raise CCBuildError(f"--parallel {args.parallel} must be 0 (as many as --jobs) or more")
     res = release(args.recipes, ReleaseOptions(
-        dist=args.out, sign_key=args.sign_key, jobs=args.jobs, offline=args.offline,
+        dist=args.out, sign_key=args.sign_key, jobs=args.jobs, parallel=args.parallel,
+        offline=args.offline,
         locked=args.locked, force=args.force, allow_outside=args.allow_outside,
         store_root=args.cache))
     if args.json:
