@@ -16,6 +16,11 @@ Progress modes (:func:`progress_mode`; ``CCBUILD_PROGRESS=auto|bars|lines|json|o
 - ``json``: one JSON object per line for each step start, end (with ``duration`` and, when the
   step knows, ``cache``: ``hit``/``miss`` and ``why``) and heartbeat.
 
+A process waiting for another's build of a stage says so in every mode (:func:`waiting`). In a
+worker of ``ccbuild release`` every line starts with its recipe (``ccbuild: [snp] ...``) and
+every JSON event carries ``"recipe"`` (:func:`set_tag`); each line is one write, so the lines of
+processes sharing stderr do not mix.
+
 Everything goes to stderr: stdout stays what each verb documents (``--json`` summaries).
 """
 
@@ -231,7 +236,7 @@ def waiting(what: str) -> Iterator[None]:
     (``waiting for another build of firmware 1a2b3c4d5e6f``) in every mode but quiet; without
     a terminal a line every :data:`HEARTBEAT` seconds of silence while it still waits (``still
     waiting for ..., 1m30s``; the step's own heartbeat defers to it); one line when the wait is
-    over."""
+    over (not when it is given up)."""
     import threading
     t0 = time.monotonic()
     if not _state["quiet"]:
@@ -256,10 +261,10 @@ def waiting(what: str) -> Iterator[None]:
         stop.set()
         if rec is not None:
             rec["bars"] = rec.get("bars", 1) - 1
-        dt = time.monotonic() - t0
-        if not _state["quiet"]:
-            _emit({"event": "waited", "what": what, "duration": round(dt, 3)},
-                  f"waited {_duration(dt)} for {what}")
+    dt = time.monotonic() - t0
+    if not _state["quiet"]:
+        _emit({"event": "waited", "what": what, "duration": round(dt, 3)},
+              f"waited {_duration(dt)} for {what}")
 
 
 def _step_heartbeat() -> None:

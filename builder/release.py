@@ -20,7 +20,8 @@ Every recipe is built through :func:`builder.build.build`, several at once in wo
 (:func:`plan`): ``jobs`` (``-j``, default the number of cores) is the whole release's budget of
 parallel jobs; ``parallel`` (``-P``, default ``min(jobs, recipes)``) recipes build at once, each
 build running ``jobs // parallel`` jobs (EDK2's and the kernel's make). ``-P 1`` builds one recipe
-after the other in this process, each with every job. Stages are shared through the store: a
+after the other in this process, each with every job (so does a caller running threads of its
+own: workers are forked, :func:`can_fork`). Stages are shared through the store: a
 stage two recipes have in common is built once, the second build waiting on the store's lock of
 that stage (:mod:`builder.stages.cached`) and then taking it from the store.
 
@@ -277,6 +278,8 @@ def _release(recipes: list[str | Path], options: ReleaseOptions, dist: Path) -> 
     os.mkdir(tmp, 0o700)
     try:
         at_once, jobs = plan(options.jobs, options.parallel, len(named))
+        if at_once > 1 and not can_fork():
+            at_once, jobs = 1, plan(options.jobs, 1, len(named))[1]
         if at_once == 1:
             results = []
             for name, r in named:
@@ -330,7 +333,7 @@ def _on_sigterm(signum, frame):
     raise _Stopped()
 
 
-def _detach(parent: int | None) -> None:
+def _detach(parent: int) -> None:
     """A worker's setup: a process group of its own (the parent stops it and every tool it
     runs at once; the terminal's Ctrl-C goes to the parent, which stops the workers), SIGTERM
     to stop, SIGTERM when the parent dies, no terminal input, and output to the terminal
@@ -347,14 +350,14 @@ def _detach(parent: int | None) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if parent is not None and os.getppid() != parent:    # the parent died before that
+    if os.getppid() != parent:    # the parent died before that
         raise _Stopped()
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)
 
 
-def _worker(conn, parent: int | None, name: str, recipe: str, options: ReleaseOptions, out: Path,
+def _worker(conn, parent: int, name: str, recipe: str, options: ReleaseOptions, out: Path,
             jobs: int, logconf: dict) -> None:
     """A worker process: build one recipe into ``out`` and send ("ok", summary), ("error",
     exit code, what, where, hint) for a CCBuildError, or ("crash", text, traceback)."""
@@ -379,16 +382,18 @@ def _worker(conn, parent: int | None, name: str, recipe: str, options: ReleaseOp
         conn.close()
 
 
-def _context():
-    """fork when this process runs no other thread (cheap: the modules are loaded); otherwise
-    a fork server (forking a threaded process can copy a held lock)."""
-    import multiprocessing
+def can_fork() -> bool:
+    """Workers are forked (cheap: the modules are loaded, nothing re-imports the caller's main
+    module), which is safe only from a process running no other thread (a fork copies locks
+    other threads hold). ccbuild's own progress threads end when their step does; they are
+    given a moment. A caller running threads of its own gets its recipes built one after the
+    other."""
     import threading
-    if threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["builder.build", "builder.release"])
-    return ctx
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.startswith("ccbuild-"):
+            t.join(2.0)
+    return threading.current_thread() is threading.main_thread() and \
+        threading.active_count() == 1
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -407,11 +412,11 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _exited(p) -> bool:
-    """The worker has exited (a child of this process: without reaping it)."""
+    """The worker has exited (without reaping it)."""
     try:
         return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:     # reaped already, or a child of the fork server
-        return p.exitcode is not None
+    except ChildProcessError:     # reaped already
+        return True
 
 
 def _stop(procs: list) -> None:
@@ -433,9 +438,10 @@ def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tm
                     at_once: int, jobs: int) -> list:
     """Every recipe built by a worker process, ``at_once`` at a time; the results in recipe
     order, read back from ``tmp/<name>``."""
+    import multiprocessing
     from multiprocessing.connection import wait
-    ctx = _context()
-    parent = os.getpid() if ctx.get_start_method() == "fork" else None  # else the server's
+    ctx = multiprocessing.get_context("fork")
+    parent = os.getpid()
     conf = log.settings()
     pending = list(enumerate(named))
     running: dict = {}          # connection -> (index, name, process)

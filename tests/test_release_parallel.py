@@ -67,6 +67,22 @@ def test_plan_default_budget_is_the_cores():
     assert plan(0, 1, 3) == (1, cores)
 
 
+def test_workers_are_forked_only_from_a_process_without_other_threads():
+    from builder.release import can_fork
+    alone = can_fork()
+    short = threading.Thread(target=threading.Event().wait, args=(0.3,), name="ccbuild-beat")
+    short.start()
+    assert can_fork() == alone            # ccbuild's own progress thread is waited for
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="a-callers-thread")
+    other.start()
+    try:
+        assert not can_fork()
+    finally:
+        stop.set()
+        other.join()
+
+
 def test_negative_parallel_is_one_line(tmp_path):
     o = run_cli(["release", str(REPO / "recipes" / "snp.yaml"), "-o", str(tmp_path / "d"),
                  "-P", "-1"])
