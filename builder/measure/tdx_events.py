@@ -82,10 +82,37 @@ OVMF_DXEFV_NAME = uuid.UUID("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1")
 UIAPP_FILE_GUID = uuid.UUID("462caa21-7614-4503-836e-8ab6f4662331")
 
 
+# MdeModulePkg/Application/BootManagerMenuApp/BootManagerMenuApp.inf FILE_GUID.
+BOOT_MANAGER_MENU_APP_FILE_GUID = uuid.UUID("eec25bdc-67f2-4d95-b1d5-f81b2039d11d")
+
+
 def ovmf_uiapp_boot_option() -> bytes:
-    """The Boot0000 "UiApp" option OVMF's boot manager registers (BmRegisterBootManagerMenu)."""
+    """The Boot0000 "UiApp" option OVMF's boot manager registers (BmRegisterBootManagerMenu)
+    while PcdBootManagerMenuFile names UiApp: EDK2 before edk2-stable202505."""
     return load_option(LOAD_OPTION_ACTIVE | LOAD_OPTION_HIDDEN | LOAD_OPTION_CATEGORY_APP,
                        "UiApp", fv_file_device_path(OVMF_DXEFV_NAME, UIAPP_FILE_GUID))
+
+
+def ovmf_boot_manager_menu_option() -> bytes:
+    """The Boot0000 option of EDK2 >= edk2-stable202505: edk2 9d9e3a2ba8 "OvmfPkg: use
+    BootManagerMenuApp as BootManagerMenu" points PcdBootManagerMenuFile at BootManagerMenuApp, and
+    MdeModulePkg UefiBootManagerLib BmRegisterBootManagerMenu registers it with
+    CATEGORY_APP | ACTIVE | HIDDEN, the file's user-interface section ("BootManagerMenuApp") as
+    description and the FV it lives in (DXEFV in OvmfPkg/IntelTdx/IntelTdxX64.fdf up to
+    edk2-stable202511) in the device path."""
+    return load_option(LOAD_OPTION_ACTIVE | LOAD_OPTION_HIDDEN | LOAD_OPTION_CATEGORY_APP,
+                       "BootManagerMenuApp",
+                       fv_file_device_path(OVMF_DXEFV_NAME, BOOT_MANAGER_MENU_APP_FILE_GUID))
+
+
+def ovmf_firmware_setup_option() -> bytes:
+    """The Boot0001 option of EDK2 >= edk2-stable202505: edk2 d433b4c8e4 "OvmfPkg/
+    PlatformBootManagerLib: Register UiApp as an optional boot option" (BdsPlatform.c
+    PlatformBootManagerBeforeConsole: PlatformRegisterFvBootOption with gUiAppFileGuid,
+    "EFI Firmware Setup", ACTIVE | CATEGORY_APP; removed again when QEMU's fw_cfg
+    opt/org.tianocore/FirmwareSetupSupport says no)."""
+    return load_option(LOAD_OPTION_ACTIVE | LOAD_OPTION_CATEGORY_APP, "EFI Firmware Setup",
+                       fv_file_device_path(OVMF_DXEFV_NAME, UIAPP_FILE_GUID))
 
 
 def kernel_load_options(append: str | None, has_initrd: bool, initrd_first: bool) -> bytes:

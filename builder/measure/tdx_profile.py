@@ -18,7 +18,8 @@ from typing import Literal
 
 from builder.inputs import MiB, is_within, read_regular
 from builder.measure.tdx import TdxParams
-from builder.measure.tdx_events import Event, EventType, ovmf_uiapp_boot_option
+from builder.measure.tdx_events import (Event, EventType, ovmf_boot_manager_menu_option,
+                                        ovmf_firmware_setup_option, ovmf_uiapp_boot_option)
 from builder.measure.tdx_mrtd import PageAddOrder
 from builder.safeyaml import load_yaml
 from builder.schema import HEX96, Ctx, SchemaError, build, doc, render_reference
@@ -31,6 +32,10 @@ PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 MAX_MEMORY = 1 << 46          # 64 TiB: beyond any TD a host can give
 MIN_MEMORY = 64 * MiB           # the recipe schema's launch.memory_mib minimum
 DATA_LIMIT = 16 * MiB         # an ACPI blob or event data file
+#: Named OVMF boot options a profile's boot_options can give instead of hex (tdx_events).
+BOOT_OPTIONS = {"uiapp": ovmf_uiapp_boot_option,                      # EDK2 < stable202505
+                "boot-manager-menu": ovmf_boot_manager_menu_option,   # >= stable202505 Boot0000
+                "firmware-setup": ovmf_firmware_setup_option}         # >= stable202505 Boot0001
 
 
 class ProfileError(SchemaError):
@@ -48,11 +53,16 @@ class ProfileEvent:
                                pattern=r"(?:[0-9a-fA-F]{2})*", max_length=2 * DATA_LIMIT)
     data_file: str | None = doc("a file holding the event data, relative to the profile",
                                 default=None, max_length=4096)
+    vmm_data: str | None = doc("instead of a digest: which VMM data the event hashes and where "
+                               "to get it; the digest is then unknown and the register is not "
+                               "computed", default=None, max_length=1024)
 
     def validate(self, ctx: Ctx, where: str) -> None:
-        given = [k for k in ("digest", "data_hex", "data_file") if getattr(self, k) is not None]
+        given = [k for k in ("digest", "data_hex", "data_file", "vmm_data")
+                 if getattr(self, k) is not None]
         if len(given) != 1:
-            ctx.fail(where, "an event needs exactly one of digest, data_hex or data_file")
+            ctx.fail(where, "an event needs exactly one of digest, data_hex, data_file or "
+                     "vmm_data")
         if self.event_type is not None and self.event_type not in EventType.__members__:
             ctx.fail(f"{where}.event_type", f"unknown event type {self.event_type[:64]!r}; use a "
                      "name such as EV_PLATFORM_CONFIG_FLAGS")
@@ -81,8 +91,11 @@ class TdxProfile:
                                              "etc/acpi/tables of that QEMU and command line; "
                                              "absent -> RTMR0 null", default=None)
     boot_order: tuple[int, ...] = doc("boot option numbers", default=(0,))
-    boot_options: dict[str, str] = doc("Boot#### -> 'uiapp' (OVMF's UiApp option) or hex",
-                                       default_factory=lambda: {"Boot0000": "uiapp"})
+    boot_options: dict[str, str] = doc(
+        "Boot#### -> hex, or a named OVMF option: 'uiapp' (Boot0000 before edk2-stable202505), "
+        "'boot-manager-menu' (Boot0000 from edk2-stable202505 on, edk2 9d9e3a2ba8), "
+        "'firmware-setup' (Boot0001 from edk2-stable202505 on, edk2 d433b4c8e4)",
+        default_factory=lambda: {"Boot0000": "uiapp"})
     ready_to_boot_separator: Literal["rtmr0", "rtmr1"] = doc(
         "where the ReadyToBoot separator is measured: rtmr0 before edk2-stable202411 (commit "
         "efaf8931bb 'OvmfPkg/TdTcg2Dxe: Fix the SeparatorEvent issue in RTMRs'), rtmr1 after",
@@ -93,13 +106,16 @@ class TdxProfile:
     fw_cfg_files: dict[str, str] = doc("fw_cfg item name -> file holding its data (relative to "
                                        "the profile); items without one make RTMR0 null",
                                        default_factory=dict)
-    smbios_measured: bool = doc("EDK2 >= stable202505 (SmbiosMeasurementDxe) measures the SMBIOS "
-                                "tables into RTMR0 at ReadyToBoot", default=False)
+    smbios_measured: bool = doc("an EV_EFI_HANDOFF_TABLES2 'SmbiosTable' event after the boot "
+                                "variables. OVMF's SmbiosMeasurementDxe (edk2-stable202505 on) "
+                                "logs EV_EFI_HANDOFF_TABLES before BootOrder instead: declare "
+                                "that one in extra_rtmr0_events", default=False)
     smbios_digest: str | None = doc("SHA-384 of the measured SMBIOS tables (96 hex digits); "
                                     "absent -> RTMR0 null when smbios_measured", default=None,
                                     pattern=HEX96)
-    extra_rtmr0_events: tuple[ProfileEvent, ...] = doc("measured after the ACPI events (newer "
-                                                       "OVMF's fw_cfg/SMBIOS events)", default=())
+    extra_rtmr0_events: tuple[ProfileEvent, ...] = doc(
+        "measured after the ACPI events, before BootOrder (EDK2 >= stable202505: the SMBIOS "
+        "tables, EV_EFI_HANDOFF_TABLES)", default=())
     runtime_events: tuple[ProfileEvent, ...] = doc("RTMR3 events", default=())
 
     def validate(self, ctx: Ctx, where: str) -> None:
@@ -117,8 +133,9 @@ class TdxProfile:
         for k, v in self.boot_options.items():
             if not re.fullmatch(r"Boot[0-9A-Fa-f]{4}", k):
                 ctx.fail(f"boot_options.{k[:40]}", "keys are Boot#### (4 hex digits)")
-            if v != "uiapp" and not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,32768}", v):
-                ctx.fail(f"boot_options.{k}", "value is 'uiapp' or hex")
+            if v not in BOOT_OPTIONS and not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,32768}", v):
+                ctx.fail(f"boot_options.{k}", "value is hex or one of "
+                         + ", ".join(repr(n) for n in BOOT_OPTIONS))
         if len(self.fw_cfg_items) > 64:
             ctx.fail("fw_cfg_items", "at most 64 items")
         for i, n in enumerate(self.fw_cfg_items):
@@ -170,6 +187,10 @@ def _events(ctx: Ctx, path: Path, key: str, items: tuple[ProfileEvent, ...], rtm
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
         etype = EventType[item.event_type] if item.event_type else default_type
+        if item.vmm_data is not None:
+            out.append(Event(rtmr, etype, item.description, None,
+                             f"{item.description}: {item.vmm_data}"))
+            continue
         if item.digest is not None:
             digest = bytes.fromhex(item.digest)
         elif item.data_hex is not None:
@@ -216,7 +237,7 @@ def load_profile(path: Path | str) -> TdxParams:
     params["smbios_digest"] = (None if prof.smbios_digest is None
                                else bytes.fromhex(prof.smbios_digest))
     params["boot_options"] = tuple(
-        (int(k[4:], 16), ovmf_uiapp_boot_option() if v == "uiapp" else bytes.fromhex(v))
+        (int(k[4:], 16), BOOT_OPTIONS[v]() if v in BOOT_OPTIONS else bytes.fromhex(v))
         for k, v in prof.boot_options.items())
     params["extra_rtmr0_events"] = _events(ctx, path, "extra_rtmr0_events",
                                            prof.extra_rtmr0_events, 0,
@@ -234,7 +255,7 @@ def render_profile_doc() -> str:
         "a test keeps the two in step. Files are relative to (and must lie inside) the profile's "
         "directory.",
         "`events` entries (extra_rtmr0_events, runtime_events) take exactly one of digest, "
-        "data_hex, data_file."])
+        "data_hex, data_file, vmm_data."])
 
 
 if __name__ == "__main__":
