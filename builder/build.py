@@ -16,21 +16,18 @@ from pathlib import Path
 
 from builder import __version__, log
 from builder.emit import BuildView, run_emitters
-from builder.emit.manifest import dumps, make_manifest, sha256sums
+from builder.emit.manifest import Digests, dumps, make_manifest, sha256sums
 from builder.emit.outdir import check_out, write_outdir
-from builder.emit.signature import SIGNATURE_NAME, sign_manifest_file
 from builder.measurements import measure_recipe
 from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
 from builder.stages import agent as ag
 from builder.stages import firmware as fws
 from builder.stages import initrd as ini
-from builder.stages import rootfs as rfs
 from builder.stages import tree
 from builder.stages.chain import check_chain
 from builder.stages.cmdline import check_template, render_cmdline
 from builder.stages.kernel import check_kernel_for_platform, inspect_kernel
-from builder.stages.kernel_build import build_for_recipe
 from builder.store import Store
 
 
@@ -74,9 +71,10 @@ class _Ctx:
     jobs: int
     inputs: list[dict] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)
+    sha256: Digests = field(default_factory=Digests)   # every digest of this build, once
 
     def add(self, r: Resolved, role: str) -> Resolved:
-        self.inputs.append(r.record(role))
+        self.inputs.append(r.record(role, self.sha256))
         return r
 
 
@@ -92,13 +90,14 @@ def _firmware(c: _Ctx) -> bytes:
                          "name": name, "version": desc.source.version, "sha256": digest})
     data = fws.build_cached(c.store, desc, jobs=c.jobs, offline=c.opts.offline)
     c.inputs.append({"role": "firmware", "kind": "build", "name": desc.name,
-                     "version": desc.dsc, "sha256": hashlib.sha256(data).hexdigest()})
+                     "version": desc.dsc, "sha256": c.sha256(data)})
     fws.check_firmware(c.lr.recipe.platform, data, where="firmware")
     return data
 
 
 def _kernel(c: _Ctx) -> bytes:
     if c.lr.recipe.kernel.build is not None:
+        from builder.stages.kernel_build import build_for_recipe
         data, records = build_for_recipe(c.lr, c.store, c.opts, c.jobs)
         c.inputs.extend(records)
         where = "kernel.build"
@@ -118,7 +117,7 @@ def _agent(c: _Ctx) -> bytes:
     data, toolchain = ag.build_cached(c.store)
     c.inputs.append({"role": "agent", "kind": "build", "name": "ccbuild-test-agent",
                      "version": __version__, "toolchain": "; ".join(toolchain.splitlines()),
-                     "sha256": hashlib.sha256(data).hexdigest()})
+                     "sha256": c.sha256(data)})
     return data
 
 
@@ -145,6 +144,7 @@ def _initrd(c: _Ctx, agent: bytes) -> bytes:
 
 
 def _rootfs(c: _Ctx, agent: bytes):
+    from builder.stages import rootfs as rfs
     spec_r = c.lr.recipe.rootfs
     files = [tree.File(*f) for f in _file_contents(c, "rootfs")]
     spec = rfs.RootfsSpec(spec_r.format, agent, tuple(files),
@@ -223,37 +223,35 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     with log.step("chain", c.timings):   # the measured view reaches the agent, or refuse
         check_chain(lr.recipe.platform, fw, initrd if rootfs is None else rootfs, cmdline, agent)
     view = BuildView(lr, fw, kernel, initrd, cmdline, agent, measurements, tuple(c.inputs),
-                     store, rootfs.image if rootfs is not None else None)
+                     store, rootfs.image if rootfs is not None else None, c.sha256)
     with log.step("emit", c.timings):
         for extra in run_emitters(view, artifacts):
             artifacts.update(extra)
+    _h = c.sha256
     image_chain = ({"initrd": _h(initrd)} if rootfs is None else
                    {"rootfs": _h(rootfs.image), "verity_root_hash": rootfs.root_hash})
     chain = {"firmware": _h(fw), "kernel": _h(kernel), **image_chain,
-             "cmdline": _h(cmdline.encode()), "agent": _h(agent)}
+             "cmdline": _h(artifacts["cmdline.txt"]), "agent": _h(agent)}
     build_key = hashlib.sha256(dumps([lr.digest, c.inputs, __version__])).hexdigest()
     manifest = make_manifest(name=lr.name, platform=lr.recipe.platform,
                              recipe_sha256=_h(lr.text), recipe_digest=lr.digest,
                              source_date_epoch=lr.recipe.source_date_epoch, inputs=c.inputs,
                              outputs=artifacts, chain=chain, build_key=build_key,
                              boot={"readiness": lr.recipe.agent.readiness,
-                                   "memory_mib": lr.recipe.launch.memory_mib})
+                                   "memory_mib": lr.recipe.launch.memory_mib}, sha256=_h)
     files = dict(artifacts)
     files["manifest.json"] = dumps(manifest)
-    files["SHA256SUMS"] = sha256sums(files)
-    if options.sign_key is not None:
+    files["SHA256SUMS"] = sha256sums(files, _h)
+    if options.sign_key is not None:   # cryptography is imported only to sign
+        from builder.emit.signature import SIGNATURE_NAME, sign_manifest_file
         files[SIGNATURE_NAME] = sign_manifest_file(files["manifest.json"], options.sign_key)
-    up_to_date = _same_as_disk(out, files)
-    with log.step("write", c.timings):
+    with log.step("write", c.timings):   # comparing OUT with the files is part of writing
+        up_to_date = _same_as_disk(out, files)
         if not up_to_date:
             write_outdir(out, files, force=options.force)
     c.timings.append(("total", time.monotonic() - t0))
     return BuildResult(out, lr.name, lr.recipe.platform, files, manifest, measurements,
                        up_to_date, c.timings)
-
-
-def _h(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
 
 
 def _same_as_disk(out: Path, files: dict[str, bytes]) -> bool:

@@ -28,6 +28,23 @@ VERB_MODULES = [
     "builder.cli.explain",
 ]
 
+# The verb each module of VERB_MODULES registers, so that a command imports only its own verb's
+# module (a no-op `ccbuild build` must not pay for cryptography, the Kata model or the
+# measurement engines that other verbs import). tests/test_noop.py checks that this names
+# exactly what each module's register() adds.
+VERB_OF_MODULE = {
+    "builder.cli.build": "build",
+    "builder.cli.release": "release",
+    "builder.cli.lock": "lock",
+    "builder.cli.measure": "measure",
+    "builder.cli.idblock": "id-block",
+    "builder.cli.inspect": "inspect",
+    "builder.cli.boot": "boot",
+    "builder.cli.verify": "verify",
+    "builder.cli.kata": "kata",
+    "builder.cli.explain": "explain",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with our exit code (2) and one-line errors."""
@@ -48,7 +65,25 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def verb_modules(argv: list[str] | None) -> list[str]:
+    """The verb modules a command line needs: the one of its verb when the verb is certain (the
+    first argument after the global flags, which take no value), otherwise all of them (help,
+    a missing or unknown verb: argparse then lists every verb, as before)."""
+    if argv is None:
+        return list(VERB_MODULES)
+    for a in argv:
+        if a == "--":
+            break
+        if a.startswith("-"):
+            continue
+        mods = [m for m in VERB_MODULES if VERB_OF_MODULE.get(m) == a]
+        return mods if len(mods) == 1 else list(VERB_MODULES)
+    return list(VERB_MODULES)
+
+
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the verb modules that command line needs are imported
+    (:func:`verb_modules`)."""
     p = _Parser(prog="ccbuild", description=__doc__.splitlines()[0])
     p.add_argument("--version", action=_Version, nargs=0,
                    help="show ccbuild's version and the external tools it found, and exit")
@@ -56,14 +91,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="echo external commands")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for name in VERB_MODULES:
+    for name in verb_modules(argv):
         importlib.import_module(name).register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
+    parser = make_parser(argv)
     args = parser.parse_args(argv)
     debug = args.debug
     try:
