@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Literal
 
@@ -370,6 +371,9 @@ class LoadedRecipe:
     digest: str         # sha256 of the canonical JSON of the validated recipe
     text: bytes         # the recipe file's bytes
     allow_outside: bool = False   # --allow-outside: recipe paths may point anywhere
+    # the recipe of the file alone when ``recipe`` is that very object (no --set): what the
+    # provenance compares to find the overrides, without loading the file again
+    file_recipe: "Recipe | None" = dc_field(default=None, compare=False, repr=False)
 
     # fields whose files may also lie in a sibling directory of the recipe's directory
     _SIBLING_ROOTS = {"firmware.build": "firmware", "kernel.build.fragments": "kernel"}
@@ -507,7 +511,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), locked: bool = Fals
     recipe = build(_Ctx(shown, locked=locked, error=RecipeError), Recipe, raw, "")
     name = recipe.name or p.stem
     canon = json.dumps(to_jsonable(recipe), sort_keys=True, separators=(",", ":")).encode()
-    return LoadedRecipe(recipe, p.resolve(), name, hashlib.sha256(canon).hexdigest(), text)
+    return LoadedRecipe(recipe, p.resolve(), name, hashlib.sha256(canon).hexdigest(), text,
+                        file_recipe=None if overrides else recipe)
 
 
 def schema_doc(cls=None, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
+from builder.emit.manifest import sha256_hex
 from builder.recipe import LoadedRecipe
 from builder.store import Store
 
@@ -45,6 +46,8 @@ class BuildView:
     inputs: tuple[dict, ...]
     store: Store
     rootfs: bytes | None = None   # rootfs.img (file system + dm-verity tree) when the recipe has one
+    # the build's SHA-256 memo (builder.emit.manifest.Digests): emitters digest files through it
+    sha256: Callable[[bytes], str] = field(default=sha256_hex, compare=False, repr=False)
 
     @property
     def image_file(self) -> str:

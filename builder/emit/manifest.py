@@ -57,13 +57,37 @@ def unencodable(obj, path: str = "") -> tuple[str, str] | None:
     return path, f"a {type(obj).__name__} is not a JSON value"
 
 
-def output_record(name: str, data: bytes) -> dict:
-    return {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Digests:
+    """SHA-256 (hex) of byte strings, each computed once: one build digests its kernel and
+    firmware for the chain, the manifest, SHA256SUMS and the provenance subjects, and a kernel is
+    ~12 MB. Keyed by the object (``bytes`` are immutable; the memo holds a reference, so an id is
+    never reused while it is remembered); any other type is hashed every time."""
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[bytes, str]] = {}
+
+    def __call__(self, data: bytes) -> str:
+        if type(data) is not bytes:
+            return sha256_hex(data)
+        hit = self._memo.get(id(data))
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        digest = sha256_hex(data)
+        self._memo[id(data)] = (data, digest)
+        return digest
+
+
+def output_record(name: str, data: bytes, sha256=sha256_hex) -> dict:
+    return {"path": name, "sha256": sha256(data), "size": len(data)}
 
 
 def make_manifest(*, name: str, platform: str, recipe_sha256: str, recipe_digest: str,
                   source_date_epoch: int, inputs: list[dict], outputs: dict[str, bytes],
-                  chain: dict, build_key: str, boot: dict) -> dict:
+                  chain: dict, build_key: str, boot: dict, sha256=sha256_hex) -> dict:
     return {
         "schema": MANIFEST_SCHEMA,
         "tool": {"name": "ccbuild", "version": __version__},
@@ -72,13 +96,13 @@ def make_manifest(*, name: str, platform: str, recipe_sha256: str, recipe_digest
         "source_date_epoch": source_date_epoch,
         "build_key": build_key,
         "inputs": inputs,
-        "outputs": [output_record(n, outputs[n]) for n in sorted(outputs)],
+        "outputs": [output_record(n, outputs[n], sha256) for n in sorted(outputs)],
         "chain": chain,
         "boot": boot,
     }
 
 
-def sha256sums(files: dict[str, bytes]) -> bytes:
-    """``sha256sum``-compatible lines, sorted by name."""
-    return "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n"
-                   for n in sorted(files)).encode()
+def sha256sums(files: dict[str, bytes], sha256=sha256_hex) -> bytes:
+    """``sha256sum``-compatible lines, sorted by name (``sha256``: e.g. a build's
+    :class:`Digests`)."""
+    return "".join(f"{sha256(files[n])}  {n}\n" for n in sorted(files)).encode()

@@ -28,7 +28,6 @@ The rules for OUT (``-o``), all checked before the build starts and again before
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -59,6 +58,7 @@ def _err(what: str, out, hint: str | None = None) -> CCBuildError:
 
 
 def exchange(dfd: int, a: str, b: str) -> bool:
+    import ctypes   # only when OUT is written
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         f = libc.renameat2

@@ -53,6 +53,8 @@ def _flatten(obj, prefix: str = "") -> dict:
 
 def overrides_of(lr) -> dict | str:
     """The fields whose effective value differs from the recipe file alone (``--set``)."""
+    if lr.file_recipe is not None and lr.file_recipe is lr.recipe:
+        return {}   # loaded without overrides: nothing differs (and the file is not read again)
     try:
         plain = load_recipe(lr.path)
     except CCBuildError:
@@ -87,8 +89,7 @@ def dependency(rec: dict) -> dict:
 def statement(view, files: dict[str, bytes]) -> dict:
     lr = view.lr
     canonical = to_jsonable(lr.recipe)
-    subjects = [{"name": n, "digest": {"sha256": hashlib.sha256(files[n]).hexdigest()}}
-                for n in sorted(files)]
+    subjects = [{"name": n, "digest": {"sha256": view.sha256(files[n])}} for n in sorted(files)]
     invocation = hashlib.sha256(dumps([lr.digest, list(view.inputs), __version__],
                                       NAME)).hexdigest()
     return {

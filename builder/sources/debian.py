@@ -11,13 +11,10 @@ Overrides: ``CCBUILD_DEBIAN_MIRROR`` and ``CCBUILD_DEBIAN_SECURITY_MIRROR``.
 
 from __future__ import annotations
 
-import gzip
 import io
-import lzma
 import os
 import posixpath
 import re
-import tarfile
 import time
 import zlib
 from contextlib import contextmanager
@@ -183,20 +180,34 @@ def deb_ref_key(package: str, version: str, suite: str) -> str:
     return f"{package}_{version}_{suite}"
 
 
+def stored_deb(store: Store, package: str, version: str, suite: str,
+               sha256: str | None = None) -> str | None:
+    """The sha256 of the .deb of ``package=version`` from ``suite`` when the store holds it (by
+    its resolved ref, else by the pin), without reading it; None when it must be fetched. A ref
+    that contradicts the pin is an error."""
+    ref = store.get_ref("debian-deb", deb_ref_key(package, version, suite))
+    served = ref.get("sha256") if ref else None
+    if not isinstance(served, str):
+        served = None   # a damaged ref is a cache miss
+    if served and sha256 and served != sha256:
+        raise CCBuildError(f"sha256 mismatch: the archive served {served}, pinned {sha256}",
+                           f"{package}_{version}.deb", "the package was rebuilt or the pin is "
+                           "wrong; re-pin with 'ccbuild lock RECIPE'")
+    if served and store.has(served):
+        return served
+    if sha256 and store.has(sha256):
+        return sha256
+    return None
+
+
 def fetch_deb(store: Store, package: str, version: str, suite: str, sha256: str | None = None,
               offline: bool = False) -> tuple[Path, str]:
     """The .deb of ``package=version`` from ``suite``, in the store, verified. Returns (path, sha256)."""
     what = f"{package}_{version}.deb"
     key = deb_ref_key(package, version, suite)
-    ref = store.get_ref("debian-deb", key)
-    if ref and sha256 and ref["sha256"] != sha256:
-        raise CCBuildError(f"sha256 mismatch: the archive served {ref['sha256']}, pinned {sha256}",
-                           what, "the package was rebuilt or the pin is wrong; re-pin with "
-                           "'ccbuild lock RECIPE'")
-    if ref and store.has(ref["sha256"]):
-        return store.verified_path(ref["sha256"], what), ref["sha256"]
-    if sha256 and store.has(sha256):
-        return store.verified_path(sha256, what), sha256
+    digest = stored_deb(store, package, version, suite, sha256)
+    if digest is not None:
+        return store.verified_path(digest, what), digest
     if offline:
         raise CCBuildError("not in the store and --offline is set", what,
                            "run once without --offline to fetch it")
@@ -314,6 +325,8 @@ class _Capped(io.RawIOBase):
 
 
 def _decompressor_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import tarfile
     errors: list[type[BaseException]] = [lzma.LZMAError, zlib.error, EOFError, OSError,
                                          tarfile.TarError, ValueError]
     try:
@@ -328,6 +341,9 @@ def _decompressor_errors() -> tuple[type[BaseException], ...]:
 def _data_tar(deb_path: Path, what: str):
     """The package's data.tar as a streaming tarfile (mode ``r|``); every error while reading it
     (decompression, tar headers) is a FormatError naming the .deb and the member."""
+    import gzip   # extraction only (a no-op takes the member from the store)
+    import lzma
+    import tarfile
     with open_regular(deb_path, "debian package", what) as (f, size):
         members = [m for m in _ar_members(f, size, what) if m.name.startswith("data.tar")]
         if not members:

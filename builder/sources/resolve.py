@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from builder.errors import CCBuildError
@@ -19,15 +20,18 @@ class Resolved:
     sha256: str        # the pinned object's sha256 (the .deb for debian, else the file)
     data: bytes        # the file's bytes (the member, for debian)
 
-    @property
-    def data_sha256(self) -> str:
+    @cached_property
+    def data_sha256(self) -> str:   # computed once (a kernel is ~12 MB)
         return hashlib.sha256(self.data).hexdigest()
 
-    def record(self, role: str) -> dict:
+    def record(self, role: str, sha256=None) -> dict:
+        """The manifest's input record (``sha256``: a function digesting ``data``, e.g. a
+        build's memo; default :attr:`data_sha256`)."""
         rec = {"role": role, "kind": self.kind, "name": self.name, "version": self.version,
                "sha256": self.sha256}
-        if self.data_sha256 != self.sha256:
-            rec["file_sha256"] = self.data_sha256
+        data_sha256 = sha256(self.data) if sha256 is not None else self.data_sha256
+        if data_sha256 != self.sha256:
+            rec["file_sha256"] = data_sha256
         return rec
 
 
@@ -45,16 +49,25 @@ def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
     if opts.locked and not src.sha256:
         raise CCBuildError("no sha256 pin (--locked)", where)
     if src.debian:
-        from builder.sources.debian import deb_member, fetch_deb
-        deb, digest = fetch_deb(opts.store, src.debian, src.version, src.suite, src.sha256,
-                                offline=opts.offline)
-        key = f"{digest}:{src.member}"
-        ref = opts.store.get_ref("deb-member", key)
-        if ref and opts.store.has(ref["sha256"]):
-            data = opts.store.get_bytes(ref["sha256"], f"{src.debian}:{src.member}")
+        from builder.sources.debian import deb_member, fetch_deb, stored_deb
+        store, what = opts.store, f"{src.debian}:{src.member}"
+        # The member was extracted before from the .deb of this sha256: take the member (its
+        # blob is verified on reading) without re-reading the whole .deb, which only an
+        # extraction needs.
+        digest = stored_deb(store, src.debian, src.version, src.suite, src.sha256)
+        member = _member_ref(store, digest, src.member) if digest else None
+        if member is not None:
+            data = store.get_bytes(member, what)
         else:
-            data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
-            opts.store.set_ref("deb-member", key, {"sha256": opts.store.put_bytes(data)})
+            deb, digest = fetch_deb(store, src.debian, src.version, src.suite, src.sha256,
+                                    offline=opts.offline)
+            member = _member_ref(store, digest, src.member)
+            if member is not None:
+                data = store.get_bytes(member, what)
+            else:
+                data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
+                store.set_ref("deb-member", f"{digest}:{src.member}",
+                              {"sha256": store.put_bytes(data)})
         return Resolved("debian", src.debian, src.version, digest, data)
     if src.path:
         from builder.sources.path import read_path
@@ -64,6 +77,14 @@ def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
     from builder.sources.url import fetch_url
     data = fetch_url(opts.store, src.url, src.sha256, offline=opts.offline, where=where)
     return Resolved("url", src.url, "", src.sha256, data)
+
+
+def _member_ref(store: Store, deb_sha256: str, member: str) -> str | None:
+    """The sha256 of ``member`` of the .deb ``deb_sha256`` as extracted before, when its blob is
+    in the store (a damaged ref is a miss)."""
+    ref = store.get_ref("deb-member", f"{deb_sha256}:{member}")
+    digest = ref.get("sha256") if ref else None
+    return digest if isinstance(digest, str) and store.has(digest) else None
 
 
 def _confined(src: Source, opts: ResolveOptions, where: str) -> Path:
