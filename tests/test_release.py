@@ -297,8 +297,84 @@ def test_release_replaces_previous_release_atomically_and_refuses_other_options(
     assert {p.name for p in d.iterdir()} == ROOT - {"reference-values.json.sig"} | {"snp"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dist.")]
     assert run_cli(["verify", str(d)], timeout=300).rc == 0
-    o = run_cli(["verify", str(d), "--rebuild", str(recipe_file("snp"))])
+    o = run_cli(["verify", str(d), "--rebuild", str(recipe_file("snp")), "--set", "name=x"])
     assert_one_line_error(o, (2,), "release")
+
+
+# --- verify DIST --rebuild RECIPE... ------------------------------------------------------------
+
+def _rebuild_args(recipe_file, names=RECIPES) -> list[str]:
+    return [a for n in names for a in ("--rebuild", str(recipe_file(n)))]
+
+
+@pytest.mark.slow
+def test_verify_dist_rebuild_reproduces_every_file_of_a_signed_release(dists, recipe_file, keys):
+    o = run_cli(["verify", str(dists[1]), *_rebuild_args(recipe_file), "--share-cache",
+                 "--signature", "--pubkey", str(keys / "pub.pem"), "--json"], timeout=1800)
+    assert o.rc == 0, o.stderr
+    checks = {c["item"]: c for c in json.loads(o.stdout)["verdicts"][0]["checks"]}
+    # every file of every OUT (but the signature, which needs the key) and every root file
+    # was compared with the rebuild, and the given recipes are the ones the release names
+    for n in RECIPES:
+        for f in os.listdir(dists[1] / n):
+            if f != "manifest.json.sig":
+                assert checks[f"{n}: rebuild {f}"]["status"] == "ok", (n, f)
+        assert checks[f"{n}: recipe {n}.yaml"]["status"] == "ok"
+    for f in ROOT - {"reference-values.json.sig"}:
+        assert checks[f"rebuild {f}"]["status"] == "ok", f
+    assert checks["reference-values.json.sig"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_verify_dist_rebuild_catches_a_consistent_release_of_another_recipe(recipe_file,
+                                                                             tmp_path):
+    """A release built from an edited recipe is consistent in itself (``verify DIST`` passes);
+    rebuilding it from the published recipe names the recipe, the file and the first
+    difference."""
+    original = recipe_file("snp")
+    edited = original.parent / "snp-edited.yaml"
+    text = original.read_text()
+    assert 'kernel_params: "console=ttyS0 panic=-1 quiet"' in text
+    edited.write_text("name: snp\n" + text.replace('panic=-1 quiet"', 'panic=-1 quiet x=1"'))
+    dist = tmp_path / "dist"
+    assert run_cli(["release", str(edited), "-o", str(dist)], timeout=1800).rc == 0
+    assert run_cli(["verify", str(dist)], timeout=300).rc == 0
+    o = run_cli(["verify", str(dist), "--rebuild", str(original), "--share-cache"], timeout=1800)
+    line = assert_one_line_error(o, (1,))
+    assert "snp: recipe snp.yaml" in line and "differs" in line, line
+    rows = {item: r for r in o.stdout.splitlines() if r.startswith("  FAIL")
+            for item in ("snp: rebuild cmdline.txt", "snp: rebuild measurements.json",
+                         "rebuild reference-values.json") if item in r}
+    off = (dist / "snp" / "cmdline.txt").read_bytes().index(b" x=1")   # the edit, in the file
+    assert f"first differing byte at offset 0x{off:x}" in rows["snp: rebuild cmdline.txt"]
+    assert "first difference at .snp" in rows["snp: rebuild measurements.json"]
+    assert "first difference at .recipes.snp" in rows["rebuild reference-values.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "foreign", "twice"])
+def test_verify_dist_rebuild_refuses_recipes_that_do_not_match_before_building(
+        dists, recipe_file, tmp_path, case):
+    if case == "missing":
+        args = _rebuild_args(recipe_file, ("snp", "tdx"))
+        want = "snp-verity"
+    elif case == "foreign":
+        args = _rebuild_args(recipe_file) + _rebuild_args(recipe_file, ("tdx-verity",))
+        want = "tdx-verity"
+    else:
+        args = _rebuild_args(recipe_file) + _rebuild_args(recipe_file, ("snp",))
+        want = "twice"
+    o = run_cli(["verify", str(dists[0]), *args, "--offline"], timeout=120)
+    line = assert_one_line_error(o, (2,))
+    assert want in line, line
+    assert "rebuild" not in o.stdout
+
+
+def test_verify_out_rebuild_takes_one_recipe(tmp_path):
+    (tmp_path / "out").mkdir()
+    o = run_cli(["verify", str(tmp_path / "out"), "--rebuild", "a.yaml", "--rebuild", "b.yaml"])
+    line = assert_one_line_error(o, (2,))
+    assert "2 recipes" in line and "release" in line, line
 
 
 # --- progress without a terminal (builder/log.py, builder/run.py run_streamed) -------------------

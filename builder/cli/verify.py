@@ -4,6 +4,9 @@
                                                        measurement recomputed from OUT
   ccbuild verify --rebuild RECIPE OUT [--share-cache] [--allow-outside]
                                                        rebuild in a fresh directory and compare
+  ccbuild verify DIST --rebuild RECIPE [--rebuild RECIPE ...]
+                                                       a release: rebuild every recipe with
+                                                       `ccbuild release`, compare every file
   ccbuild verify OUT --snp-report R [--vcek C] [--chain ASK_ARK]
   ccbuild verify OUT --tdx-quote Q [--ccel TABLE DATA]
   ccbuild verify OUT --signature --pubkey PEM
@@ -26,8 +29,9 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="a `ccbuild build` output directory or a "
                    "`ccbuild release` DIST")
-    p.add_argument("--rebuild", metavar="RECIPE",
-                   help="rebuild RECIPE into a fresh directory and compare every file with OUT")
+    p.add_argument("--rebuild", metavar="RECIPE", action="append", default=[],
+                   help="rebuild RECIPE into a fresh directory and compare every file with OUT; "
+                   "for a release DIST, give every recipe of the release, each with --rebuild")
     p.add_argument("--share-cache", action="store_true",
                    help="with --rebuild: reuse the normal store instead of a fresh, empty one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -66,23 +70,39 @@ def _check_options(args) -> None:
             and not args.rebuild:
         raise CCBuildError("--share-cache, --set, --offline and --allow-outside go with "
                            "--rebuild")
+    if args.cache and not args.share_cache:
+        raise CCBuildError("--cache goes with --rebuild --share-cache",
+                           hint="without --share-cache the rebuild uses a fresh, empty store")
 
 
 def run(args) -> int:
     from builder import verify as vf
     _check_options(args)
     verdicts = []
-    from builder.verify.release import check_release, is_release
+    from builder.verify.release import (
+        check_release,
+        is_release,
+        rebuild_release,
+    )
     release = is_release(args.out)
     if release:   # a `ccbuild release` DIST: the whole release
-        if args.rebuild or args.snp_report or args.tdx_quote:
-            raise CCBuildError("--rebuild, --snp-report and --tdx-quote take one OUT, not a "
+        if args.snp_report or args.tdx_quote or args.overrides:
+            raise CCBuildError("--snp-report, --tdx-quote and --set take one OUT, not a "
                                "release", str(args.out), "give DIST/<recipe name>")
-        verdicts.append(check_release(
-            args.out, read_input(args.pubkey, "--pubkey", "key") if args.signature else None,
-            f"--pubkey {args.pubkey}"))
+        pubkey = read_input(args.pubkey, "--pubkey", "key") if args.signature else None
+        if args.rebuild:
+            verdicts.append(rebuild_release(args.out, args.rebuild, share_cache=args.share_cache,
+                                            offline=args.offline, store_root=args.cache,
+                                            allow_outside=args.allow_outside,
+                                            pubkey_pem=pubkey,
+                                            pubkey_where=f"--pubkey {args.pubkey}"))
+        else:
+            verdicts.append(check_release(args.out, pubkey, f"--pubkey {args.pubkey}"))
     elif args.rebuild:
-        verdicts.append(vf.rebuild_and_compare(args.rebuild, args.out,
+        if len(args.rebuild) > 1:
+            raise CCBuildError(f"{len(args.rebuild)} recipes given with --rebuild for one OUT",
+                               str(args.out), "several recipes go with a release DIST")
+        verdicts.append(vf.rebuild_and_compare(args.rebuild[0], args.out,
                                                share_cache=args.share_cache,
                                                overrides=tuple(args.overrides),
                                                offline=args.offline, store_root=args.cache,

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from builder.emit.manifest import dumps
 from builder.emit.rvps import reference_values
+from builder.emit.signature import SIGNATURE_NAME
 from builder.errors import CCBuildError
 from builder.inputs import read_regular
 from builder.outschema import Measurements, load_document, parse_json
@@ -34,10 +38,14 @@ from builder.release import (
     SIGNATURE,
     SUMS,
     Release,
+    ReleaseOptions,
+    bundle_files,
     merge_reference_values,
+    release,
 )
 from builder.verify.measurements import recompute_measurements
 from builder.verify.out import check_hashes, load_out, parse_sums, sha256_stream
+from builder.verify.rebuild import compare_files, explain_difference
 from builder.verify.report import FAIL, INFO, OK, Check, Verdict
 
 MAX_DIST_ENTRIES = MAX_RECIPES + len(ROOT_FILES)
@@ -269,4 +277,100 @@ def check_release(dist: str | Path, pubkey_pem: bytes | None = None,
                         .replace("manifest.json", BUNDLE)))
     elif SIGNATURE in entries:
         v.add(Check(SIGNATURE, INFO, "not checked (give --signature --pubkey PEM)"))
+    return v
+
+
+# --- verify DIST --rebuild RECIPE... ------------------------------------------------------------
+
+def _match_recipes(dist: Path, bundle_json: dict, recipes: list[str | Path]) -> dict[str, Path]:
+    """Recipe name -> the recipe file given for it; every recipe of the release must be given
+    once and no other (refused before any build, naming the recipe file)."""
+    from builder.recipe import load_recipe
+    names = sorted(bundle_json["recipes"])
+    given: dict[str, Path] = {}
+    for r in recipes:
+        name = load_recipe(r).name
+        if name not in bundle_json["recipes"]:
+            raise CCBuildError(f"recipe {name!r} is not part of the release", str(r),
+                               f"{dist.name} holds {', '.join(names)}")
+        if name in given:
+            raise CCBuildError(f"recipe {name!r} is given twice (also {given[name]})", str(r))
+        given[name] = Path(r)
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise CCBuildError(f"no recipe given for {', '.join(missing)} of the release",
+                           "--rebuild", "give every recipe of the release, each with --rebuild")
+    return given
+
+
+def _given_signature(path: Path, where: str) -> bytes | None:
+    """A signature file of DIST, when it is a regular file (its validity is --signature's
+    business; here it only takes its place in SHA256SUMS and the provenance)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    return read_regular(path, "signature", where)
+
+
+def rebuild_release(dist: str | Path, recipes: list[str | Path], *, share_cache: bool = False,
+                    offline: bool = False, store_root: Path | None = None,
+                    allow_outside: bool = False, jobs: int = 0,
+                    pubkey_pem: bytes | None = None, pubkey_where: str = "--pubkey") -> Verdict:
+    """``ccbuild verify DIST --rebuild RECIPE...``: DIST's own checks (:func:`check_release`),
+    then the whole release built again with ``ccbuild release`` into a fresh directory (with a
+    fresh, empty store unless ``share_cache``) and every file of DIST compared byte for byte,
+    each difference named by recipe, file and first differing key, cpio member or offset.
+
+    Signatures cannot be recreated without the key: DIST's own ``manifest.json.sig`` and
+    bundle signature are carried into the rebuilt SHA256SUMS and provenance; with
+    ``pubkey_pem`` the bundle's signature is checked as :func:`check_release` does."""
+    dist = Path(dist)
+    # which recipe rebuilds which OUT: refused before anything long runs
+    _, bundle_json = _json_file(dist, BUNDLE, _scan(dist), "measurements")
+    load_document(dist / BUNDLE, Release, "measurements", _where(dist, BUNDLE))
+    given = _match_recipes(dist, bundle_json, recipes)
+    v = check_release(dist, pubkey_pem, pubkey_where)
+    v.title = f"verify {dist.name} --rebuild: release"
+    for name, path in given.items():
+        want = bundle_json["recipes"][name]["recipe_sha256"]
+        got = sha256_stream(path, str(path))[0]
+        v.add(Check(f"{name}: recipe {path.name}", OK if got == want else FAIL,
+                    "the file the release was built from" if got == want else
+                    "differs from the recipe the release was built from", want, got))
+    tmp = Path(tempfile.mkdtemp(prefix="ccbuild-verify-"))
+    try:
+        res = release([given[n] for n in sorted(given)], ReleaseOptions(
+            dist=tmp / "dist", jobs=jobs, offline=offline, allow_outside=allow_outside,
+            store_root=store_root if share_cache else tmp / "cache"))
+        v.add(Check("rebuild", INFO, "with the shared cache" if share_cache
+                    else "with a fresh, empty cache (every input fetched and built again)"))
+        for r in sorted(res.results, key=lambda r: r.name):
+            sig = _given_signature(dist / r.name / SIGNATURE_NAME,
+                                   _where(dist, f"{r.name}/{SIGNATURE_NAME}"))
+            r.files.pop(SIGNATURE_NAME, None)
+            if sig is not None:
+                r.files[SIGNATURE_NAME] = sig
+            if (dist / r.name).is_dir() and not (dist / r.name).is_symlink():
+                for c in compare_files(load_out(dist / r.name), r.files):
+                    v.add(Check(f"{r.name}: {c.item}", c.status, c.detail, c.expected,
+                                c.actual))
+        root = bundle_files(res.results, signature=_given_signature(dist / SIGNATURE,
+                                                                    _where(dist, SIGNATURE)))
+        entries = _scan(dist)
+        for n in sorted(set(root) - {SIGNATURE}):
+            item = f"rebuild {n}"
+            if entries.get(n) != "file":
+                v.add(Check(item, FAIL, "produced by the rebuild, missing from DIST"))
+                continue
+            data = read_regular(dist / n, "manifest", _where(dist, n))
+            if data == root[n]:
+                v.add(Check(item, OK, f"identical ({len(data)} bytes)"))
+            else:
+                v.add(Check(item, FAIL, explain_difference(n, data, root[n]),
+                            hashlib.sha256(root[n]).hexdigest(),
+                            hashlib.sha256(data).hexdigest()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return v
