@@ -68,7 +68,7 @@ def _qemu_fw_cfg(real: list[dict]) -> dict[str, bytes]:
 
 def _profile_copy(tmp: Path, name: str, real: list[dict], smbios: str | None = None) -> Path:
     """The shipped profile with the VMM data of the real TD given as files (fw_cfg items, ACPI
-    test blobs) and, when ``smbios``, the SMBIOS extra event's digest."""
+    test blobs) and, when ``smbios``, the SMBIOS tables' digest."""
     d = tmp / name
     d.mkdir()
     text = (PROFILES / f"{name}.yaml").read_text()
@@ -79,9 +79,7 @@ def _profile_copy(tmp: Path, name: str, real: list[dict], smbios: str | None = N
     text += "fw_cfg_files:\n" + "".join(f"  {n}: fw_cfg-{n}\n" for n in _qemu_fw_cfg(real))
     text += "acpi_blobs: [acpi0, acpi1, acpi2]\n"
     if smbios is not None:
-        start = text.index("    vmm_data:")
-        end = text.index("\n", start)
-        text = text[:start] + f"    digest: {smbios}" + text[end:]
+        text += f"smbios_digest: {smbios}\n"
     (d / f"{name}.yaml").write_text(text)
     return d / f"{name}.yaml"
 
@@ -225,41 +223,80 @@ def _rtmr0(real, tdvf_firmware, params, launch, log_params):
     return r.rtmr[0], ccel.replay(ccel.parse_event_log(log))[0]
 
 
+def _real_profile(real, tmp_path):
+    """qemu-10.1-ovmf-202508 with the real TD's VMM data (fw_cfg items, SMBIOS digest)."""
+    smbios = next(r["digest"] for r in real if r["event"] == "smbios")
+    return load_profile(_profile_copy(tmp_path, "qemu-10.1-ovmf-202508", real, smbios=smbios))
+
+
 def test_the_pre_fix_202508_knobs_do_not_reproduce_the_real_layout(real, tdvf_firmware,
                                                                   tmp_path, launch):
     """What the 202508 profile said before (one UiApp boot option, no fw_cfg items, no SMBIOS
-    event) is told apart from the real layout: the test above can fail."""
-    smbios = next(r["digest"] for r in real if r["event"] == "smbios")
-    good = load_profile(_profile_copy(tmp_path, "qemu-10.1-ovmf-202508", real, smbios=smbios))
-    old = replace(good, fw_cfg_items=(), fw_cfg_digests=(), extra_rtmr0_events=(),
-                  boot_order=(0,), boot_options=((0, ovmf_uiapp_boot_option()),))
-    causes, _ = _explain(real, tdvf_firmware, old, launch, log_params=good)
-    assert ("rtmr0", "boot-options", True) in causes
-    assert ("rtmr0", "firmware-generation", True) in causes          # the fw_cfg items
+    event) is told apart from the real layout, each of the three named: the tests above can
+    fail."""
+    good = _real_profile(real, tmp_path)
+    old = replace(good, fw_cfg_items=(), fw_cfg_digests=(), smbios_measured=False,
+                  smbios_digest=None, boot_order=(0,),
+                  boot_options=((0, ovmf_uiapp_boot_option()),))
+    causes, ex = _explain(real, tdvf_firmware, old, launch, log_params=good)
+    assert causes == [("rtmr0", "firmware-generation", True)] * 2 + [
+        ("rtmr0", "boot-options", True)]
+    fw_cfg, smbios, boot = ex.divergences
+    assert "fw_cfg_items: ['BootMenu', 'bootorder']" in fw_cfg.fix
+    assert "smbios_measured: true" in smbios.fix
+    assert smbios.log_event == 1 + [r["event"] for r in real].index("smbios")
+    assert "boot_order: [0, 1]" in boot.fix and "Boot0000: boot-manager-menu" in boot.fix \
+        and "Boot0001: firmware-setup" in boot.fix
+    for d in ex.divergences:
+        assert "qemu-10.1-ovmf-202508" in d.fix and "qemu-9.2-ovmf-202505-fwcfg" in d.fix
     want, logged = _rtmr0(real, tdvf_firmware, old, launch, log_params=good)
     assert want != logged
     want, logged = _rtmr0(real, tdvf_firmware, good, launch, log_params=good)
     assert want == logged
 
 
-def test_smbios_measured_knob_misplaces_the_real_smbios_event(real, tdvf_firmware, tmp_path,
+def test_smbios_knob_puts_the_event_where_the_real_td_logs_it(real, tdvf_firmware, tmp_path,
                                                               launch):
-    """smbios_measured puts an EV_EFI_HANDOFF_TABLES2 event after the boot variables; the real
-    TD logs EV_EFI_HANDOFF_TABLES before BootOrder (hence the shipped profiles declare it in
-    extra_rtmr0_events). With the knob instead, RTMR0 stays unexplained."""
-    smbios = next(r["digest"] for r in real if r["event"] == "smbios")
-    good = load_profile(_profile_copy(tmp_path, "qemu-10.1-ovmf-202508", real, smbios=smbios))
-    knob = replace(good, extra_rtmr0_events=(), smbios_measured=True,
-                   smbios_digest=bytes.fromhex(smbios))
+    """smbios_measured logs EV_EFI_HANDOFF_TABLES after the ACPI events, before BootOrder, as the
+    real TD does: with the real SMBIOS digest RTMR0 is the real layout's; without the knob it is
+    not, and explain names the SMBIOS event it finds in the log (EV_EFI_HANDOFF_TABLES with
+    EFI_HANDOFF_TABLE_POINTERS of the SMBIOS 3.0 GUID, not a ..._TABLES2 "SmbiosTable")."""
+    good = _real_profile(real, tmp_path)
     assert _explain(real, tdvf_firmware, good, launch)[0] == []
-    want, logged = _rtmr0(real, tdvf_firmware, knob, launch, log_params=good)
+    want, logged = _rtmr0(real, tdvf_firmware, good, launch, log_params=good)
+    assert want == logged
+    without = replace(good, smbios_measured=False, smbios_digest=None)
+    want, logged = _rtmr0(real, tdvf_firmware, without, launch, log_params=good)
     assert want is not None and want != logged
-    # explain_tdx recognises only an EV_EFI_HANDOFF_TABLES2 "SmbiosTable" event, so it reads
-    # this log as having no SMBIOS event (and then leaves RTMR0 uncompared): documented here
-    # so that a fix of its detection changes this test.
-    causes, ex = _explain(real, tdvf_firmware, knob, launch, log_params=good)
+    causes, ex = _explain(real, tdvf_firmware, without, launch, log_params=good)
     assert causes == [("rtmr0", "firmware-generation", True)]
-    assert "no SmbiosTable event" in ex.divergences[0].detail
+    assert "the log measures the SMBIOS tables" in ex.divergences[0].detail
+    assert ex.params.smbios_digest.hex() == next(r["digest"] for r in real
+                                                 if r["event"] == "smbios")
+
+
+def test_smbios_event_in_the_pfp_105_form_is_recognised(real, tdvf_firmware, tmp_path, launch):
+    """A firmware built with PcdTcgPfpMeasurementRevision >= 105 logs the same SMBIOS digest as
+    EV_EFI_HANDOFF_TABLES2 with EFI_HANDOFF_TABLE_POINTERS2 (TableDescription "SmbiosTable"):
+    the same event to explain, while a handoff-tables event of another table is not."""
+    good = _real_profile(real, tmp_path)
+    kernel, initrd, append = launch
+    log = ccel.parse_event_log(_real_layout_log(real, tdvf_firmware, good, kernel, initrd,
+                                                append))
+    events = log_events(log)
+    k = next(i for i, e in enumerate(events) if e["event_type"] == "EV_EFI_HANDOFF_TABLES")
+    tables = struct.pack("<Q", 1) + SMBIOS3_TABLE_GUID.bytes_le + struct.pack("<Q", 0x7F8EF000)
+    pfp105 = dict(events[k], event_type="EV_EFI_HANDOFF_TABLES2",
+                  data=bytes([12]) + b"SmbiosTable\0" + tables)
+    inputs = TdxInputs(firmware=tdvf_firmware, kernel_authenticode=kernel, initrd=initrd,
+                       append=append, params=good)
+    ex = explain_tdx(events[:k] + [pfp105] + events[k + 1:], inputs)
+    assert ex.divergences == []
+    acpi_guid = uuid.UUID("8868e871-e4f1-11d3-bc22-0080c73c8881")   # gEfiAcpi20TableGuid
+    other = dict(events[k], data=struct.pack("<Q", 1) + acpi_guid.bytes_le + bytes(8))
+    ex = explain_tdx(events[:k] + [other] + events[k + 1:], inputs)
+    assert [(d.cause, "has no SMBIOS event" in d.detail) for d in ex.divergences] == [
+        ("firmware-generation", True)]
 
 
 def test_vector_is_vendored_with_its_source(vectors):

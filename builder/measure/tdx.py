@@ -10,9 +10,10 @@ for a direct kernel boot under QEMU:
   stable202505 the cached fw_cfg items (EV_PLATFORM_CONFIG_FLAGS "QEMU FW CFG", PlatformPei), then
   SecureBoot, PK, KEK, db, dbx (+ dbt when present) as EV_EFI_VARIABLE_DRIVER_CONFIG, separator,
   the ACPI fw_cfg blobs (EV_PLATFORM_CONFIG_FLAGS "ACPI DATA"), extra events declared by the
-  profile, BootOrder and each Boot#### (EV_EFI_VARIABLE_BOOT); EDK2 before stable202411 measures
-  the ReadyToBoot separator here too (``ready_to_boot_separator``); with SmbiosMeasurementDxe
-  (EDK2 >= stable202505) the SMBIOS tables (EV_EFI_HANDOFF_TABLES2 "SmbiosTable") at ReadyToBoot.
+  profile, with SmbiosMeasurementDxe (EDK2 >= stable202505, edk2 cd76265f1a) the SMBIOS tables
+  (EV_EFI_HANDOFF_TABLES, ``smbios_measured``), BootOrder and each Boot####
+  (EV_EFI_VARIABLE_BOOT); EDK2 before stable202411 measures the ReadyToBoot separator here too
+  (``ready_to_boot_separator``).
 - RTMR1: kernel Authenticode (EV_EFI_BOOT_SERVICES_APPLICATION), "Calling EFI Application from
   Boot Option", separator (EDK2 >= stable202411, edk2 commit efaf8931bb "OvmfPkg/TdTcg2Dxe: Fix
   the SeparatorEvent issue in RTMRs"), "Exit Boot Services Invocation", "... Returned with
@@ -77,6 +78,7 @@ def _rtmr_index(s: str) -> int:
 
 FW_CFG_EVENT_TAG = b"QEMU FW CFG\0"   # QemuFwCfgCacheInit.c FW_CFG_EVENT.FwCfg
 FW_CFG_NAME_SIZE = 56                # QEMU_FW_CFG_FNAME_SIZE
+SMBIOS_EVENT = "SMBIOS tables (SmbiosMeasurementDxe)"
 
 
 def fw_cfg_event_data(name: str) -> bytes:
@@ -118,7 +120,8 @@ class TdxParams:
     fw_cfg_items: tuple[str, ...] = field(default=(), metadata=_recorded(list, tuple))
     # their data's SHA-384 (VMM data: from the profile), one per item, None where unknown
     fw_cfg_digests: tuple[bytes | None, ...] = ()
-    # EDK2 >= stable202505 (cd76265f1a "OvmfPkg: Enable Smbios measurement")
+    # EDK2 >= stable202505 (cd76265f1a "OvmfPkg: Enable Smbios measurement"): the SMBIOS tables
+    # in RTMR0 (see rtmr0_events); their SHA-384 is VMM data (from the profile), None if unknown.
     smbios_measured: bool = field(default=False, metadata=_recorded())
     smbios_digest: bytes | None = None
     extra_rtmr0_events: tuple[Event, ...] = ()
@@ -220,8 +223,8 @@ def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event
     for i, name in enumerate(params.fw_cfg_items):
         d = params.fw_cfg_digests[i] if i < len(params.fw_cfg_digests) else None
         ev.append(_vmm_event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"QEMU FW CFG ({name})", d,
-                             f"fw_cfg item {name} is QEMU data: give its digest in the "
-                             "profile's fw_cfg_digests"))
+                             f"fw_cfg item {name} is QEMU data: give the item's bytes in "
+                             "the profile's fw_cfg_files"))
     if cfv is not None:
         ev += _secure_boot_events(cfv, params)
     else:   # the variables are read from the CFV store
@@ -233,6 +236,17 @@ def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event
         ev.append(_vmm_event(0, EventType.EV_PLATFORM_CONFIG_FLAGS, f"ACPI DATA ({name})",
                              None if blob is None else sha384(blob), params.rtmr0_missing))
     ev += list(params.extra_rtmr0_events)
+    if params.smbios_measured:
+        # MdeModulePkg SmbiosMeasurementDxe (in IntelTdxX64 from edk2-stable202505, cd76265f1a):
+        # MeasureSmbiosTable, a ReadyToBoot callback that runs before TdTcg2Dxe's OnReadyToBoot
+        # measures the boot variables, logs PCR 1 (= RTMR0) EV_EFI_HANDOFF_TABLES with
+        # EFI_HANDOFF_TABLE_POINTERS (SMBIOS 3.0 GUID) as data while PcdTcgPfpMeasurementRevision
+        # is below 105 (OvmfPkg leaves it 0); the digest is the SHA-384 of QEMU's SMBIOS
+        # structure table after FilterSmbiosTable. A real edk2-stable202505 TD logs it here
+        # (tests/vectors/tdx/dstack).
+        ev.append(_vmm_event(0, EventType.EV_EFI_HANDOFF_TABLES, SMBIOS_EVENT,
+                             params.smbios_digest, "the SMBIOS tables are QEMU data: give "
+                             "their SHA-384 in the profile's smbios_digest (from a TD's log)"))
     order = b"".join(n.to_bytes(2, "little") for n in params.boot_order)
     ev.append(Event(0, EventType.EV_EFI_VARIABLE_BOOT, "BootOrder", variable_boot_digest(order)))
     options = dict(params.boot_options)
@@ -243,10 +257,6 @@ def rtmr0_events(fw: bytes, meta: TdvfMetadata, params: TdxParams) -> list[Event
     if params.ready_to_boot_separator == 0:
         ev.append(Event(0, EventType.EV_SEPARATOR, "separator (ReadyToBoot)",
                         separator_digest()))
-    if params.smbios_measured:
-        ev.append(_vmm_event(0, EventType.EV_EFI_HANDOFF_TABLES2, "SmbiosTable",
-                             params.smbios_digest, "the SMBIOS tables are QEMU data: give "
-                             "their digest in the profile's smbios_digest"))
     return ev
 
 

@@ -55,6 +55,46 @@ def variable_authority_digest(vendor: uuid.UUID, name: str, data: bytes) -> byte
     return sha384(uefi_variable_data(vendor, name, data))
 
 
+# --- SMBIOS (MdeModulePkg/Universal/SmbiosMeasurementDxe) --------------------------------------
+
+# MdePkg/Include/Guid/SmBios.h: gEfiSmbiosTableGuid, gEfiSmbios3TableGuid.
+SMBIOS_TABLE_GUID = uuid.UUID("eb9d2d31-2d88-11d3-9a16-0090273fc14d")
+SMBIOS3_TABLE_GUID = uuid.UUID("f2fd1544-9794-4a2c-992e-e5bbcf20e394")
+SMBIOS_TABLE2_DESCRIPTION = b"SmbiosTable"
+MAX_HANDOFF_TABLES = 64
+
+
+def handoff_table_guids(event_type: EventType, data: bytes) -> tuple[uuid.UUID, ...] | None:
+    """The VendorGuids of an EV_EFI_HANDOFF_TABLES event's EFI_HANDOFF_TABLE_POINTERS (TCG PFP
+    10.4.2: u64 NumberOfTables | EFI_CONFIGURATION_TABLE {GUID, u64 VendorTable}[]), or None when
+    the data is not one. EV_EFI_HANDOFF_TABLES2 (EFI_HANDOFF_TABLE_POINTERS2: u8
+    TableDescriptionSize | TableDescription | the same) gives its tables too."""
+    if event_type == EventType.EV_EFI_HANDOFF_TABLES2:
+        if not data:
+            return None
+        data = data[1 + data[0]:]
+    elif event_type != EventType.EV_EFI_HANDOFF_TABLES:
+        return None
+    if len(data) < 8:
+        return None
+    n = int.from_bytes(data[:8], "little")
+    if not 1 <= n <= MAX_HANDOFF_TABLES or len(data) != 8 + 24 * n:
+        return None
+    return tuple(uuid.UUID(bytes_le=bytes(data[8 + 24 * k:24 + 24 * k])) for k in range(n))
+
+
+def is_smbios_event(event_type: EventType, data: bytes) -> bool:
+    """SmbiosMeasurementDxe's event: EV_EFI_HANDOFF_TABLES whose table is the SMBIOS (3.0) entry
+    point (OVMF, PcdTcgPfpMeasurementRevision < 105), or EV_EFI_HANDOFF_TABLES2 described as
+    "SmbiosTable" (EFI_HANDOFF_TABLE_POINTERS2, TCG PFP 1.05; SmbiosMeasurementDxe logs that
+    form when PcdTcgPfpMeasurementRevision >= 105)."""
+    guids = handoff_table_guids(event_type, data)
+    if not guids or not set(guids) & {SMBIOS_TABLE_GUID, SMBIOS3_TABLE_GUID}:
+        return False
+    return (event_type == EventType.EV_EFI_HANDOFF_TABLES
+            or bytes(data[1:1 + data[0]]).rstrip(b"\0") == SMBIOS_TABLE2_DESCRIPTION)
+
+
 # --- load options -----------------------------------------------------------------------------
 
 def load_option(attributes: int, description: str, file_path: bytes,

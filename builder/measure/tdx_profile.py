@@ -106,16 +106,16 @@ class TdxProfile:
     fw_cfg_files: dict[str, str] = doc("fw_cfg item name -> file holding its data (relative to "
                                        "the profile); items without one make RTMR0 null",
                                        default_factory=dict)
-    smbios_measured: bool = doc("an EV_EFI_HANDOFF_TABLES2 'SmbiosTable' event after the boot "
-                                "variables. OVMF's SmbiosMeasurementDxe (edk2-stable202505 on) "
-                                "logs EV_EFI_HANDOFF_TABLES before BootOrder instead: declare "
-                                "that one in extra_rtmr0_events", default=False)
-    smbios_digest: str | None = doc("SHA-384 of the measured SMBIOS tables (96 hex digits); "
-                                    "absent -> RTMR0 null when smbios_measured", default=None,
-                                    pattern=HEX96)
+    smbios_measured: bool = doc("EDK2 >= stable202505 (SmbiosMeasurementDxe, edk2 cd76265f1a) "
+                                "measures QEMU's SMBIOS tables into RTMR0: EV_EFI_HANDOFF_TABLES "
+                                "after the ACPI (and extra) events, before BootOrder",
+                                default=False)
+    smbios_digest: str | None = doc("SHA-384 of the measured SMBIOS tables (96 hex digits, QEMU "
+                                    "data: take it from a TD's log); absent -> RTMR0 null when "
+                                    "smbios_measured", default=None, pattern=HEX96)
     extra_rtmr0_events: tuple[ProfileEvent, ...] = doc(
-        "measured after the ACPI events, before BootOrder (EDK2 >= stable202505: the SMBIOS "
-        "tables, EV_EFI_HANDOFF_TABLES)", default=())
+        "other RTMR0 events, measured after the ACPI events, before the SMBIOS event and "
+        "BootOrder", default=())
     runtime_events: tuple[ProfileEvent, ...] = doc("RTMR3 events", default=())
 
     def validate(self, ctx: Ctx, where: str) -> None:
@@ -145,6 +145,9 @@ class TdxProfile:
         for k in self.fw_cfg_files:
             if k not in self.fw_cfg_items:
                 ctx.fail(f"fw_cfg_files.{k[:60]}", "names an item fw_cfg_items does not list")
+        if self.smbios_digest is not None and not self.smbios_measured:
+            ctx.fail("smbios_digest", "given, but smbios_measured is false (the digest is of "
+                     "the SMBIOS event smbios_measured adds)")
         for key in ("extra_rtmr0_events", "runtime_events"):
             if len(getattr(self, key)) > 1024:
                 ctx.fail(key, "at most 1024 events")

@@ -5,9 +5,11 @@ aligned with the expected events the engine computes (builder.measure.tdx) and e
 is given a cause, with the profile knob or recipe field that fixes it:
 
 - firmware generation: the ReadyToBoot separator in RTMR0 (EDK2 before stable202411) or RTMR1
-  (edk2 efaf8931bb); fw_cfg "QEMU FW CFG" and "SmbiosTable" RTMR0 events (EDK2 >= stable202505);
+  (edk2 efaf8931bb); the fw_cfg "QEMU FW CFG" and SMBIOS (EV_EFI_HANDOFF_TABLES) RTMR0 events and
+  the two boot options of EDK2 >= stable202505; each names the shipped profiles of that
+  generation;
 - TD HOB: the memory size that reproduces the logged digest (searched);
-- ACPI blobs (named), Secure Boot variables, boot options;
+- ACPI blobs and fw_cfg items (named), Secure Boot variables, boot options;
 - kernel Authenticode (and QEMU's setup-header patch), initrd digest;
 - LoadOptions order (`` initrd=initrd`` before/after), the command line itself (candidates:
   ``--append`` when OUT gives the expected one, strings the log carries);
@@ -25,12 +27,32 @@ from dataclasses import dataclass, field, replace
 from builder.formats import tcg
 from builder.formats.tdvf import parse_tdvf_metadata
 from builder.measure.tdx import (FW_CFG_EVENT_TAG, TdxParams, measure_tdx)
-from builder.measure.tdx_events import kernel_load_options
+from builder.measure.tdx_events import (EventType, is_smbios_event, kernel_load_options,
+                                        variable_boot_digest)
 from builder.measure.tdx_hob import td_hob
 from builder.measure.tdx_mrtd import PageAddOrder, mrtd
+from builder.measure.tdx_profile import BOOT_OPTIONS
 
 MiB, GiB = 1 << 20, 1 << 30
-SHIPPED_SEPARATOR = {0: "qemu-8.2-ovmf-202402", 1: "qemu-10.1-ovmf-202508"}
+# The shipped profiles (recipes/profiles) of each firmware generation, by what the log shows (a
+# test checks every name against its profile file).
+BEFORE_202411 = ("qemu-8.2-ovmf-202402",)
+FROM_202411_TO_202502 = ("qemu-9.2-ovmf-202505",)
+FROM_202505 = ("qemu-10.1-ovmf-202508", "qemu-10.1-ovmf-202511", "qemu-9.2-ovmf-202505-fwcfg")
+SHIPPED_SEPARATOR = {0: BEFORE_202411, 1: FROM_202411_TO_202502 + FROM_202505}
+SHIPPED_FW_CFG = {(): BEFORE_202411 + FROM_202411_TO_202502, ("BootMenu", "bootorder"): FROM_202505}
+SHIPPED_SMBIOS = {False: BEFORE_202411 + FROM_202411_TO_202502, True: FROM_202505}
+# OVMF's boot options on a direct kernel boot, per generation: (what, BootOrder, Boot####, shipped)
+BOOT_GENERATIONS = (
+    ("EDK2 before edk2-stable202505: Boot0000 UiApp", (0,), ((0, "uiapp"),),
+     BEFORE_202411 + FROM_202411_TO_202502),
+    ("EDK2 >= edk2-stable202505: Boot0000 BootManagerMenuApp (edk2 9d9e3a2ba8), Boot0001 'EFI "
+     "Firmware Setup' (d433b4c8e4)", (0, 1), ((0, "boot-manager-menu"), (1, "firmware-setup")),
+     FROM_202505))
+
+
+def _shipped(names: tuple[str, ...]) -> str:
+    return ("shipped profile " if len(names) == 1 else "shipped profiles ") + ", ".join(names)
 
 
 @dataclass
@@ -105,12 +127,23 @@ def _fw_cfg_name(e: dict) -> str:
 
 
 def _is_smbios(e: dict) -> bool:
-    return e["event_type"] == "EV_EFI_HANDOFF_TABLES2" and b"SmbiosTable" in e.get("data", b"")
+    return e["event_type"] in ("EV_EFI_HANDOFF_TABLES", "EV_EFI_HANDOFF_TABLES2") and \
+        is_smbios_event(EventType[e["event_type"]], e.get("data") or b"")
 
 
 def _is_acpi(e: dict) -> bool:
     return e["event_type"] == "EV_PLATFORM_CONFIG_FLAGS" and \
         e.get("data", b"").startswith(b"ACPI DATA")
+
+
+def _boot_generation(logged: list[str]):
+    """The entry of BOOT_GENERATIONS whose BootOrder and Boot#### digests are ``logged``."""
+    for what, order, options, shipped in BOOT_GENERATIONS:
+        want = [variable_boot_digest(b"".join(n.to_bytes(2, "little") for n in order))]
+        want += [variable_boot_digest(BOOT_OPTIONS[v]()) for _, v in options]
+        if [d.hex() for d in want] == logged:
+            return what, order, options, shipped
+    return None
 
 
 def memory_candidates(limit: int = 1 << 40):
@@ -207,31 +240,50 @@ def explain_tdx(log: list[dict], inputs: TdxInputs, quote_rtmrs=None, quote_mrtd
         divs.append(Divergence(f"rtmr{logged_sep}", "firmware-generation",
                                f"the ReadyToBoot separator is in RTMR{logged_sep} ({seps0} "
                                f"separator(s) in RTMR0, {seps1} in RTMR1): {gen}",
-                               f"profile ready_to_boot_separator: rtmr{logged_sep} (shipped "
-                               f"profile {SHIPPED_SEPARATOR[logged_sep]})", True))
+                               f"profile ready_to_boot_separator: rtmr{logged_sep} "
+                               f"({_shipped(SHIPPED_SEPARATOR[logged_sep])})", True))
         params = replace(params, ready_to_boot_separator=logged_sep)
     logged_cfg = tuple(_fw_cfg_name(e) for e in l0 if _is_fw_cfg(e))
+    cfg_digests = tuple(bytes.fromhex(e["digest"]) for e in l0 if _is_fw_cfg(e))
     if logged_cfg != params.fw_cfg_items:
+        shipped = SHIPPED_FW_CFG.get(logged_cfg)
         divs.append(Divergence("rtmr0", "firmware-generation",
                                f"the log measures fw_cfg items {list(logged_cfg)}, expected "
                                f"{list(params.fw_cfg_items)} (EDK2 >= stable202505 measures "
-                               "them, 81c2c92074)", f"profile fw_cfg_items: {list(logged_cfg)} "
-                               "(shipped profile qemu-10.1-ovmf-202511)", True))
-        digests = tuple(bytes.fromhex(e["digest"]) for e in l0 if _is_fw_cfg(e))
-        params = replace(params, fw_cfg_items=logged_cfg, fw_cfg_digests=digests)
+                               "the items QEMU provides, edk2 2eac71a1ee)",
+                               f"profile fw_cfg_items: {list(logged_cfg)} ("
+                               + (_shipped(shipped) if shipped else "no shipped profile lists "
+                                  "these items; start from " + ", ".join(FROM_202505)
+                                  + " and give fw_cfg_files") + ")", True))
+        params = replace(params, fw_cfg_items=logged_cfg, fw_cfg_digests=cfg_digests)
+    else:   # the items' data is QEMU's: where the profile gives none, the log's is taken
+        known = params.fw_cfg_digests + (None,) * (len(logged_cfg) - len(params.fw_cfg_digests))
+        for name, want, got, e in zip(logged_cfg, known, cfg_digests,
+                                      [e for e in l0 if _is_fw_cfg(e)]):
+            if want is None:
+                notes.append(f"fw_cfg {name}: logged {got.hex()[:16]}..., not computed (QEMU "
+                             "data: the profile gives no fw_cfg_files entry)")
+            elif want != got:
+                divs.append(Divergence("rtmr0", "fw-cfg", f"QEMU's fw_cfg item {name} differs "
+                                       "(another QEMU command line: -boot, devices with a "
+                                       "bootindex, ...)", f"profile fw_cfg_files: {name}: the "
+                                       "item's bytes from the host's QEMU", True, e["number"]))
+        params = replace(params, fw_cfg_digests=cfg_digests)
     logged_smbios = [e for e in l0 if _is_smbios(e)]
     if bool(logged_smbios) != params.smbios_measured:
+        flag = bool(logged_smbios)
         divs.append(Divergence("rtmr0", "firmware-generation",
-                               ("the log measures the SMBIOS tables" if logged_smbios else
-                                "the log has no SmbiosTable event") +
-                               " (SmbiosMeasurementDxe, EDK2 >= stable202505)",
-                               f"profile smbios_measured: {str(bool(logged_smbios)).lower()}",
-                               True))
-        params = replace(params, smbios_measured=bool(logged_smbios))
+                               ("the log measures the SMBIOS tables" if flag else
+                                "the log has no SMBIOS event") + " (EV_EFI_HANDOFF_TABLES of "
+                               "SmbiosMeasurementDxe: EDK2 >= stable202505, edk2 cd76265f1a)",
+                               f"profile smbios_measured: {str(flag).lower()} "
+                               f"({_shipped(SHIPPED_SMBIOS[flag])})", True,
+                               logged_smbios[0]["number"] if flag else None))
+        params = replace(params, smbios_measured=flag)
     if logged_smbios:   # its content is the VMM's: taken from the log, not a divergence
         params = replace(params, smbios_digest=bytes.fromhex(logged_smbios[0]["digest"]))
-    elif params.fw_cfg_items and not params.fw_cfg_digests:
-        pass
+        notes.append(f"SMBIOS tables: logged {logged_smbios[0]['digest'][:16]}..., taken from "
+                     "the log (QEMU data; profile smbios_digest)")
 
     # --- RTMR0 ---------------------------------------------------------------------------
     exp = expected(params)
@@ -299,14 +351,26 @@ def explain_tdx(log: list[dict], inputs: TdxInputs, quote_rtmrs=None, quote_mrtd
         lb = [e for e in l0 if e["event_type"] == "EV_EFI_VARIABLE_BOOT"]
         eb = [e for e in e0 if e["event_type"] == "EV_EFI_VARIABLE_BOOT"]
         if [e["digest"] for e in lb] != [e["digest"] for e in eb]:
-            order = None
-            if lb and lb[0]["data"]:
-                raw = tcg.parse_uefi_variable_data(lb[0]["data"], exact=False)[2]
-                order = [int.from_bytes(raw[k:k + 2], "little") for k in range(0, len(raw), 2)]
-            divs.append(Divergence("rtmr0", "boot-options", f"the boot variables differ (logged "
-                                   f"BootOrder {order})", f"profile boot_order: {order} and "
-                                   "boot_options (hex of each logged Boot####)", True,
-                                   lb[0]["number"] if lb else None))
+            gen = _boot_generation([e["digest"] for e in lb])
+            if gen is not None:
+                what, order, options, shipped = gen
+                named = ", ".join(f"Boot{n:04X}: {v}" for n, v in options)
+                divs.append(Divergence("rtmr0", "boot-options", f"the boot variables are those "
+                                       f"of {what}", f"profile boot_order: {list(order)}, "
+                                       f"boot_options {named} ({_shipped(shipped)})", True,
+                                       lb[0]["number"]))
+                params = replace(params, boot_order=order, boot_options=tuple(
+                    (n, BOOT_OPTIONS[v]()) for n, v in options))
+            else:
+                order = None
+                if lb and lb[0].get("data"):
+                    raw = tcg.parse_uefi_variable_data(lb[0]["data"], exact=False)[2]
+                    order = [int.from_bytes(raw[k:k + 2], "little")
+                             for k in range(0, len(raw), 2)]
+                divs.append(Divergence("rtmr0", "boot-options", f"the boot variables differ "
+                                       f"(logged BootOrder {order})", f"profile boot_order: "
+                                       f"{order} and boot_options (hex of each logged "
+                                       "Boot####)", True, lb[0]["number"] if lb else None))
     elif inputs.firmware is None:
         notes.append("no firmware given: RTMR0 and MRTD are not compared")
 
