@@ -1,8 +1,8 @@
 """The no-op rebuild does only what it needs (issue 14): a command imports only its own verb's
-module, signing code is imported only to sign, a build digests each byte string once, a Debian
-member already extracted is taken from the store without re-reading its .deb, and the provenance
-does not load the recipe file again when there are no overrides. Timings are in
-bench/bench_noop.py, never here."""
+module, signing code is imported only to sign, a build digests each byte string once (a damaged
+store ref is a miss, a tampered .deb is still refused), the provenance does not load the recipe
+file again when there are no overrides, and the emitters' templates come compiled ahead from
+builder/emit/tmpl_*.py while they are in step. Timings are in bench/bench_noop.py, never here."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def test_an_input_record_digests_its_data_once(monkeypatch):
     assert "file_sha256" not in same.record("kernel")
 
 
-# -- a Debian member already in the store ----------------------------------------------------------
+# -- a Debian member already in the store ------------------------------------------------------
 
 MEMBER = "boot/vmlinuz-test"
 KERNEL = b"MZ" + bytes(range(256)) * 40
@@ -220,16 +220,29 @@ def deb_store(tmp_path, monkeypatch):
     return store, src, opts, pin, verified
 
 
-def test_a_member_extracted_before_does_not_rehash_its_deb(deb_store):
+def test_a_member_extracted_before_comes_from_the_store_and_its_deb_is_still_verified(deb_store):
     from builder.sources.resolve import resolve
     store, src, opts, pin, verified = deb_store
-    first = resolve(src, opts, "kernel.source")          # extracts: reads the verified .deb
+    first = resolve(src, opts, "kernel.source")          # extracts from the verified .deb
     assert first.data == KERNEL and first.sha256 == pin and pin in verified
     verified.clear()
-    again = resolve(src, opts, "kernel.source")          # the member's ref: the .deb is not read
+    again = resolve(src, opts, "kernel.source")          # the member's ref
     assert again.data == KERNEL and again.sha256 == pin
-    assert pin not in verified
-    assert verified == [hashlib.sha256(KERNEL).hexdigest()]   # the member itself is verified
+    assert verified == [pin, hashlib.sha256(KERNEL).hexdigest()]
+
+
+def test_a_tampered_deb_is_refused_even_with_its_member_cached(deb_store):
+    from builder.errors import CCBuildError
+    from builder.sources.resolve import resolve
+    store, src, opts, pin, _ = deb_store
+    resolve(src, opts, "kernel.source")
+    blob = store.blob_path(pin)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CCBuildError, match="corrupt"):
+        resolve(src, opts, "kernel.source")
 
 
 def test_a_corrupt_member_blob_is_still_refused(deb_store):
@@ -313,3 +326,79 @@ def test_a_recipe_replaced_after_loading_is_compared_with_the_file():
     other = load_recipe(RECIPE, ["launch.memory_mib=1024"]).recipe
     changed = replace(lr, recipe=other)
     assert overrides_of(changed) == {"launch.memory_mib": 1024}
+
+
+# -- templates compiled ahead (builder/emit/tmpl_*.py) ---------------------------------------------
+
+def _templates() -> list[str]:
+    from builder.emit.templating import _ENV
+    return _ENV.loader.list_templates()
+
+
+def test_there_are_templates_to_compile():
+    assert {"qemu.sh.j2", "kata-configuration.toml.j2"} <= set(_templates())
+
+
+@pytest.mark.parametrize("name", ["qemu.sh.j2", "kata-configuration.toml.j2"])
+def test_compiled_templates_are_in_step(name):
+    """Regenerate with `python -m builder.emit.templating` when this fails (a template, the
+    environment's options or the jinja2 version changed)."""
+    from builder.emit.templating import compiled_module, compiled_source
+    path = REPO / (compiled_module(name).replace(".", "/") + ".py")
+    assert path.read_text() == compiled_source(name)
+
+
+def test_the_compiled_key_covers_source_jinja2_version_and_options(monkeypatch):
+    import jinja2
+
+    from builder.emit import templating
+    key = templating.compiled_key("{{ a | text('a') }}")
+    assert templating.compiled_key("{{ a | text('a') }} ") != key
+    monkeypatch.setattr(jinja2, "__version__", "0.0")
+    assert templating.compiled_key("{{ a | text('a') }}") != key
+    monkeypatch.undo()
+    monkeypatch.setitem(templating._OPTIONS, "trim_blocks", False)
+    assert templating.compiled_key("{{ a | text('a') }}") != key
+
+
+def _fresh_template(name: str):
+    from builder.emit.templating import environment
+    return environment().get_template(name)
+
+
+@pytest.mark.parametrize("name", ["qemu.sh.j2", "kata-configuration.toml.j2"])
+def test_a_compiled_template_is_used_only_while_its_key_matches(name, monkeypatch):
+    import importlib
+
+    from builder.emit.templating import compiled_module
+    mod = importlib.import_module(compiled_module(name))
+    assert _fresh_template(name).root_render_func.__globals__ is mod.__dict__
+    monkeypatch.setattr(mod, "KEY", "0" * 64)      # stale: compiled from the source instead
+    assert _fresh_template(name).root_render_func.__globals__ is not mod.__dict__
+
+
+def _snp_view():
+    from builder.emit import BuildView
+    from builder.recipe import load_recipe
+    lr = load_recipe(RECIPE)
+    entry = {"vmm": "qemu", "vcpus": 1, "vcpu_type": "EPYC-v4", "vcpu_sig": "0xa00f11",
+             "guest_features": "0x1", "launch_digest": "ab" * 48}
+    return BuildView(lr, b"F", b"K", b"I", "console=ttyS0 it's \"quoted\"", b"A",
+                     {"snp": [entry, {**entry, "vcpus": 2, "guest_features": "0x21"}]}, (), None)
+
+
+def test_compiled_and_source_templates_write_the_same_bytes(monkeypatch):
+    import importlib
+
+    from builder.emit import kata, qemu, templating
+    view = _snp_view()
+    compiled = {**qemu.emit(view, {}), **kata.emit(view, {})}
+    for name in _templates():
+        monkeypatch.setattr(importlib.import_module(templating.compiled_module(name)), "KEY",
+                            "stale")
+    monkeypatch.setattr(templating, "_ENV", templating.environment())
+    assert templating._ENV.get_template("qemu.sh.j2").root_render_func.__module__ != \
+        templating.compiled_module("qemu.sh.j2")
+    from_source = {**qemu.emit(view, {}), **kata.emit(view, {})}
+    assert set(compiled) == {"qemu-snp.sh", "kata-configuration-qemu-snp.toml"}
+    assert compiled == from_source

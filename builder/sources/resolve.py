@@ -49,25 +49,18 @@ def resolve(src: Source, opts: ResolveOptions, where: str) -> Resolved:
     if opts.locked and not src.sha256:
         raise CCBuildError("no sha256 pin (--locked)", where)
     if src.debian:
-        from builder.sources.debian import deb_member, fetch_deb, stored_deb
-        store, what = opts.store, f"{src.debian}:{src.member}"
-        # The member was extracted before from the .deb of this sha256: take the member (its
-        # blob is verified on reading) without re-reading the whole .deb, which only an
-        # extraction needs.
-        digest = stored_deb(store, src.debian, src.version, src.suite, src.sha256)
-        member = _member_ref(store, digest, src.member) if digest else None
+        from builder.sources.debian import deb_member, fetch_deb
+        store = opts.store
+        # The .deb is verified even when its member comes from the store: the manifest names
+        # the .deb's sha256 as the input, and a tampered .deb is refused (tests/test_build.py).
+        deb, digest = fetch_deb(store, src.debian, src.version, src.suite, src.sha256,
+                                offline=opts.offline)
+        member = _member_ref(store, digest, src.member)
         if member is not None:
-            data = store.get_bytes(member, what)
+            data = store.get_bytes(member, f"{src.debian}:{src.member}")
         else:
-            deb, digest = fetch_deb(store, src.debian, src.version, src.suite, src.sha256,
-                                    offline=opts.offline)
-            member = _member_ref(store, digest, src.member)
-            if member is not None:
-                data = store.get_bytes(member, what)
-            else:
-                data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
-                store.set_ref("deb-member", f"{digest}:{src.member}",
-                              {"sha256": store.put_bytes(data)})
+            data = deb_member(deb, src.member, what=f"{src.debian}_{src.version}.deb")
+            store.set_ref("deb-member", f"{digest}:{src.member}", {"sha256": store.put_bytes(data)})
         return Resolved("debian", src.debian, src.version, digest, data)
     if src.path:
         from builder.sources.path import read_path
