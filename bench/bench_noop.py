@@ -2,10 +2,14 @@
 current), end to end as a CLI process, against `python -c pass` (the interpreter's own start) and
 `python -c "import builder.build"` (ccbuild's import floor) measured in the same run; then the same
 with every core busy (a load of one spinning process per core). Also counts the subprocesses
-the no-op spawns (issue 14: none). Run after `make demo` (or it builds first)."""
+the no-op spawns (issue 14: none), splits one no-op into its phases (interpreter, imports, the
+build's steps) and measures it once more with Python's bytecode cached (as an installed wheel has
+it; a checkout run with PYTHONDONTWRITEBYTECODE compiles every module on every start). Run after
+`make demo` (or it builds first)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -19,12 +23,12 @@ RECIPE = REPO / "recipes" / "snp.yaml"
 TARGET = 0.3          # seconds, issue 14
 
 
-def _best(argv: list[str], n: int = 7) -> float:
+def _best(argv: list[str], n: int = 7, env: dict | None = None) -> float:
     best = float("inf")
     for _ in range(n):
         t = time.perf_counter()
         subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=True)
+                       check=True, env=env)
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -52,12 +56,53 @@ def _spawns(out: Path) -> list[str]:
     return cp.stdout.decode().split()
 
 
-def _measure(out: Path) -> tuple[float, float, float]:
+def _measure(out: Path, env: dict | None = None) -> tuple[float, float, float]:
     py = sys.executable
-    noop = _best([py, "-m", "builder.cli", "build", str(RECIPE), "-o", str(out)])
-    bare = _best([py, "-c", "pass"])
-    imports = _best([py, "-c", "import builder.build, builder.cli"])
+    noop = _best([py, "-m", "builder.cli", "build", str(RECIPE), "-o", str(out)], env=env)
+    bare = _best([py, "-c", "pass"], env=env)
+    imports = _best([py, "-c", "import builder.build, builder.cli"], env=env)
     return noop, bare, imports
+
+
+_PHASES = """
+import time
+t0 = time.perf_counter()
+from builder.cli import make_parser
+argv = ["build", RECIPE, "-o", OUT]
+args = make_parser(argv).parse_args(argv)
+t1 = time.perf_counter()
+from builder import log
+from builder.build import BuildOptions, build
+t2 = time.perf_counter()
+log.configure(quiet=True)
+r = build(RECIPE, BuildOptions(out=OUT))
+t3 = time.perf_counter()
+assert r.up_to_date
+steps = dict(r.timings)
+print(json.dumps({"import cli + parse": t1 - t0, "import builder.build": t2 - t1,
+                  **{f"step {k}": v for k, v in steps.items() if k != "total"},
+                  "build() other": (t3 - t2) - sum(v for k, v in steps.items() if k != "total")}))
+"""
+
+
+def _phases(out: Path, n: int = 5) -> dict[str, float]:
+    """The best time of each phase of an in-process no-op (the interpreter's start is
+    `python -c pass`)."""
+    code = (f"import json\nRECIPE = {str(RECIPE)!r}\nOUT = {str(out)!r}\n" + _PHASES)
+    best: dict[str, float] = {}
+    for _ in range(n):
+        cp = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            check=True)
+        for k, v in json.loads(cp.stdout.decode().splitlines()[-1]).items():
+            best[k] = min(best.get(k, v), v)
+    return best
+
+
+def _bytecode_env(d: str) -> dict:
+    """The environment with Python's bytecode cache written to (and read from) ``d``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = d
+    return env
 
 
 def main() -> None:
@@ -68,6 +113,10 @@ def main() -> None:
         spawned = _spawns(out)
         print(f"no-op subprocesses: {len(spawned)}"
               + (f" ({', '.join(os.path.basename(s) for s in spawned)})" if spawned else ""))
+        pyc = tempfile.mkdtemp(prefix="pyc-", dir=d)
+        subprocess.run([sys.executable, "-m", "builder.cli", "build", str(RECIPE), "-o",
+                        str(out)], cwd=REPO, check=True, env=_bytecode_env(pyc),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)   # fills the cache
         for label, load in (("idle", 0), ("loaded", os.cpu_count() or 1)):
             stop = multiprocessing.Event()
             procs = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
@@ -76,6 +125,8 @@ def main() -> None:
                 p.start()
             try:
                 noop, bare, imports = _measure(out)
+                cached, cbare, cimports = _measure(out, _bytecode_env(pyc))
+                phases = _phases(out) if load == 0 else None
             finally:
                 stop.set()
                 for p in procs:
@@ -84,6 +135,16 @@ def main() -> None:
                   f"(target <= {TARGET * 1000:.0f} ms) = {noop / bare:.1f}x `python -c pass` "
                   f"({bare * 1000:.0f} ms); import floor {imports * 1000:.0f} ms = "
                   f"{imports / bare:.1f}x")
+            print(f"  bytecode cached: no-op build {cached * 1000:.0f} ms = "
+                  f"{cached / cbare:.1f}x `python -c pass` ({cbare * 1000:.0f} ms); import floor "
+                  f"{cimports * 1000:.0f} ms = {cimports / cbare:.1f}x")
+            if phases:
+                total = sum(phases.values()) + bare
+                rows = [("interpreter (python -c pass)", bare), *phases.items()]
+                print("  phases (best of 5, in-process; share of their sum "
+                      f"{total * 1000:.0f} ms):")
+                for k, v in rows:
+                    print(f"    {k:<30} {v * 1000:6.1f} ms  {v / total:5.1%}")
 
 
 if __name__ == "__main__":
