@@ -345,6 +345,7 @@ def _detach(parent: int) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # blocked by the fork's caller
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PDEATHSIG
@@ -454,13 +455,17 @@ def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tm
                 p = ctx.Process(target=_worker, name=f"ccbuild-release-{name}",
                                 args=(w, parent, name, str(recipe), options, tmp / name,
                                       jobs, conf))
-                p.start()
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:            # no Ctrl-C between the start and the bookkeeping
+                    p.start()
+                    running[r] = (i, name, p)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 w.close()
                 try:
                     os.setpgid(p.pid, p.pid)    # the worker does it too; whoever is first
                 except OSError:
                     pass
-                running[r] = (i, name, p)
             for r in wait(list(running)):
                 i, name, p = running[r]
                 try:
@@ -472,7 +477,7 @@ def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tm
                 del running[r]
                 r.close()
                 p.join()
-                results[i] = _read_back(tmp / name, name, named[i][1], msg[1])
+                results[i] = _read_back(tmp / name, name, msg[1])
     except BaseException:
         _stop([p for _, _, p in running.values()])
         for r in running:
@@ -494,7 +499,7 @@ def _failure(msg, name: str, p) -> BaseException:
                         "memory?) says nothing")
 
 
-def _read_back(out: Path, name: str, recipe, summary: dict):
+def _read_back(out: Path, name: str, summary: dict):
     """The BuildResult of a worker's OUT: its files read back (regular files, capped), each
     checked against the SHA-256 the worker sent."""
     from builder.build import BuildResult
