@@ -239,9 +239,10 @@ def waiting(what: str) -> Iterator[None]:
     over (not when it is given up)."""
     import threading
     t0 = time.monotonic()
-    if not _state["quiet"]:
-        _emit({"event": "wait", "what": what}, f"waiting for {what}")
     rec = _steps[-1] if _steps else None
+    where = {"step": rec["step"]} if rec is not None else {}
+    if not _state["quiet"]:
+        _emit({"event": "wait", "what": what, **where}, f"waiting for {what}")
     if rec is not None:
         rec["bars"] = rec.get("bars", 0) + 1
     stop = threading.Event()
@@ -251,7 +252,7 @@ def waiting(what: str) -> Iterator[None]:
             now = time.monotonic()
             if now - _last_line[0] >= HEARTBEAT:
                 _emit({"event": "progress", "waiting": what, "elapsed": round(now - t0, 1),
-                       **({"step": rec["step"]} if rec is not None else {})},
+                       **where},
                       f"still waiting for {what}, {_duration(now - t0)}")
     if progress_mode() in ("heartbeat", "lines", "json"):
         threading.Thread(target=beat, name="ccbuild-wait-heartbeat", daemon=True).start()
@@ -263,7 +264,7 @@ def waiting(what: str) -> Iterator[None]:
             rec["bars"] = rec.get("bars", 1) - 1
     dt = time.monotonic() - t0
     if not _state["quiet"]:
-        _emit({"event": "waited", "what": what, "duration": round(dt, 3)},
+        _emit({"event": "waited", "what": what, "duration": round(dt, 3), **where},
               f"waited {_duration(dt)} for {what}")
 
 

@@ -285,3 +285,28 @@ def test_two_processes_building_the_test_agent_build_it_once(tmp_path):
     log = (tmp_path / "store" / "logs" / "test-agent.log").read_text()
     assert len(set(re.findall(r"work-[A-Za-z0-9_]+", log))) == 1, log    # one scratch dir
     assert len(list((tmp_path / "store" / "refs" / "agent-build").iterdir())) == 1
+
+
+def test_json_mode_reports_the_wait_as_events_of_the_step(tmp_path, beats, capsys):
+    import json
+    from builder.stages.cached import cached_stage
+    from builder.store import Store
+    beats.set_progress("json")
+    beats.set_tag("snp")
+    try:
+        store = Store.open(tmp_path / "store")
+        fd = _hold(tmp_path / "store" / "locks" / "firmware-build" / f"{KEY}.lock")
+        threading.Timer(0.8, os.close, (fd,)).start()
+        with beats.step("firmware"):
+            cached_stage(store, "firmware-build", KEY, {"sha256": "firmware"},
+                         lambda work: ({"sha256": b"fw"}, {}))
+    finally:
+        beats.set_tag(None)
+    events = [json.loads(ln) for ln in capsys.readouterr().err.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[1] == "wait" and kinds[-2] == "waited" and \
+        kinds[-1] == "end", kinds
+    what = f"another build of firmware {KEY[:12]}"
+    assert events[1] == {"event": "wait", "what": what, "step": "firmware", "recipe": "snp"}
+    assert all(e["recipe"] == "snp" for e in events)
+    assert events[-1]["cache"] == "miss"
