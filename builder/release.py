@@ -455,6 +455,7 @@ def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tm
                 p = ctx.Process(target=_worker, name=f"ccbuild-release-{name}",
                                 args=(w, parent, name, str(recipe), options, tmp / name,
                                       jobs, conf))
+                _flush()        # a fork copies unwritten output, which the worker would repeat
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 try:            # no Ctrl-C between the start and the bookkeeping
                     p.start()
@@ -484,6 +485,15 @@ def _build_parallel(named: list[tuple[str, object]], options: ReleaseOptions, tm
             r.close()
         raise
     return results
+
+
+def _flush() -> None:
+    import sys
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def _failure(msg, name: str, p) -> BaseException:
