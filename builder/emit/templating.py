@@ -226,8 +226,9 @@ def render(template: str, output_name: str, **values) -> str:
     return out
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":   # a developer's step: regenerate the modules in this checkout
+    from importlib.resources import files
     from pathlib import Path
-    here = Path(__file__).resolve().parent
+    here = Path(str(files("builder.emit")))
     for t in _ENV.loader.list_templates():
         (here / (compiled_module(t).rpartition(".")[2] + ".py")).write_text(compiled_source(t))
