@@ -361,26 +361,38 @@ def _detach(parent: int) -> None:
 def _worker(conn, parent: int, name: str, recipe: str, options: ReleaseOptions, out: Path,
             jobs: int, logconf: dict) -> None:
     """A worker process: build one recipe into ``out`` and send ("ok", summary), ("error",
-    exit code, what, where, hint) for a CCBuildError, or ("crash", text, traceback)."""
+    exit code, what, where, hint) for a CCBuildError, or ("crash", text, traceback). Nothing
+    escapes it: a stop (SIGTERM) while it reports, or a parent that is gone, ends it quietly
+    (else multiprocessing would print a traceback beside the parent's one-line error)."""
+    try:
+        msg = _outcome(parent, name, recipe, options, out, jobs, logconf)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)    # a small message; the stop waits
+        if msg is not None:
+            conn.send(msg)
+    except (_Stopped, OSError):
+        pass
+    finally:
+        conn.close()
+
+
+def _outcome(parent: int, name: str, recipe: str, options: ReleaseOptions, out: Path,
+             jobs: int, logconf: dict) -> tuple | None:
+    """The worker's build and the message that reports it (None when it was stopped)."""
     try:
         _detach(parent)
         log.init_worker(logconf, name)
         res = _build_one(name, recipe, options, out, jobs)
-        conn.send(("ok", {"platform": res.platform, "up_to_date": res.up_to_date,
-                          "timings": [(str(k), float(v)) for k, v in res.timings],
-                          "sums": {n: hashlib.sha256(b).hexdigest()
-                                   for n, b in res.files.items()}}))
+        return ("ok", {"platform": res.platform, "up_to_date": res.up_to_date,
+                       "timings": [(str(k), float(v)) for k, v in res.timings],
+                       "sums": {n: hashlib.sha256(b).hexdigest() for n, b in res.files.items()}})
     except _Stopped:
-        pass
+        return None
     except CCBuildError as e:
-        conn.send(("error", e.exit_code, str(e.what),
-                   None if e.where is None else str(e.where),
-                   None if e.hint is None else str(e.hint)))
+        return ("error", e.exit_code, str(e.what), None if e.where is None else str(e.where),
+                None if e.hint is None else str(e.hint))
     except BaseException as e:   # a bug: its traceback as text, never a pickled object
         import traceback
-        conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
-    finally:
-        conn.close()
+        return ("crash", f"{type(e).__name__}: {e}", traceback.format_exc())
 
 
 def can_fork() -> bool:
