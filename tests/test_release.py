@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -639,45 +638,5 @@ def test_stale_temporaries_of_a_killed_release_are_removed_and_nothing_else(tmp_
     assert foreign.exists() and alive.exists() and other.exists() and link.is_symlink()
 
 
-_COLD_EDK2 = """
-import sys, tempfile, shutil
-from pathlib import Path
-from builder import log
-from builder.stages.firmware import load_descriptor, fetch_source, build_edk2
-from builder.store import Store
-log.configure()
-store = Store.open()
-desc = load_descriptor(Path("firmware/amdsev.yaml"), display="firmware/amdsev.yaml")
-tarballs = fetch_source(store, desc.source.package, desc.source.version, desc.source.suite,
-                        desc.source.files)
-work = Path(tempfile.mkdtemp(prefix="edk2-cold-"))
-try:
-    print("cold build: start", file=sys.stderr, flush=True)
-    with log.step("firmware"):
-        build_edk2(desc, tarballs, work, work / "edk2.log", jobs=2)
-    print("cold build: end", file=sys.stderr, flush=True)
-finally:
-    shutil.rmtree(work, ignore_errors=True)
-"""
-
-
-@pytest.mark.slow
-def test_cold_edk2_build_in_a_ci_log_shows_a_line_at_least_every_30s(tmp_path):
-    """The AmdSev build run for real (the store's cached image bypassed), stderr a pipe: the
-    gaps between lines from the step's start to its end stay within 30 s + slack."""
-    import subprocess
-    import time
-    env = {k: v for k, v in os.environ.items() if k != "CCBUILD_PROGRESS"}
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", _COLD_EDK2], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stamps = []
-    for line in proc.stderr:
-        stamps.append((time.monotonic() - t0, line.decode(errors="replace").rstrip()))
-    assert proc.wait() == 0, stamps[-3:]
-    assert stamps[0][1] == "cold build: start" and stamps[-1][1] == "cold build: end", stamps
-    assert stamps[-1][0] - stamps[0][0] > 60, "not a cold build"
-    times = [t for t, _ in stamps]            # from the step's start to its end
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert max(gaps) <= 33, (max(gaps), stamps)
-    assert any("modules" in text for _, text in stamps), stamps
+# A cold EDK2 build in a CI log (a line at least every 30 s) is checked on the one cold AmdSev
+# build the suite makes anyway: tests/test_verify_rebuild.py, the fresh-cache rebuild.

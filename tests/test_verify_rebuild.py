@@ -6,9 +6,11 @@ the others share the cache."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,11 +47,33 @@ def test_rebuild_agrees(built, platform):
     assert "rebuild initrd.img" in cp.stdout and "PASS" in cp.stdout
 
 
-def test_rebuild_with_fresh_cache_agrees(built):
+def test_rebuild_with_fresh_cache_elsewhere_agrees_and_its_log_never_sits_silent(built,
+                                                                                 tmp_path):
+    """One cold AmdSev build, three claims. The rebuild (firmware from EDK2 source, a fresh
+    store) in another directory, umask, time zone and locale gives OUT's bytes; with stderr a
+    pipe (a CI log) the gaps between its lines, from the first to the last, stay within
+    30 s + slack, and the EDK2 build's lines count modules."""
     recipe, out = built("snp")
-    cp = ccbuild("verify", "--rebuild", recipe, out)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert "fresh, empty cache" in cp.stdout
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CCBUILD_PROGRESS"}
+    env.update(TZ="Pacific/Kiritimati", LC_ALL="C")
+    report = tmp_path / "stdout"
+    t0 = time.monotonic()
+    with open(report, "wb") as so:
+        proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "verify", "--rebuild",
+                                 recipe, out], cwd=work, env=env, umask=0o077,
+                                stdout=so, stderr=subprocess.PIPE)
+        stamps = [(time.monotonic() - t0, line.decode(errors="replace").rstrip())
+                  for line in proc.stderr]
+    stdout = report.read_text()
+    assert proc.wait() == 0, stdout + "\n".join(t for _, t in stamps[-5:])
+    assert "fresh, empty cache" in stdout and "rebuild firmware.fd" in stdout
+    assert stamps[-1][0] - stamps[0][0] > 60, ("not a cold build", stamps)
+    times = [t for t, _ in stamps]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert max(gaps) <= 33, (max(gaps), stamps)
+    assert any("modules" in text for _, text in stamps), stamps
 
 
 def test_damaged_outputs_are_named(built, tmp_path):
