@@ -131,25 +131,32 @@ class Store:
                 raise
         return digest
 
-    def verified_path(self, sha256: str, what: str) -> Path:
-        """Path of a blob after re-hashing it; a changed entry is refused."""
+    def _present(self, sha256: str, what: str) -> Path:
         if not _HEX64.match(sha256 or ""):
             raise CCBuildError(f"not a sha256: {sha256!r}", what)
         p = self.blob_path(sha256)
         if not p.is_file():
             raise CCBuildError("not in the store", what, "run without --offline to fetch it")
-        actual = sha256_file(p)
+        return p
+
+    @staticmethod
+    def _check(p: Path, sha256: str, actual: str, what: str) -> None:
         if actual != sha256:
             raise CCBuildError(f"store entry is corrupt (content hashes to {actual[:16]}…)",
                                f"{what} in {p.parent.name}/{p.name[:16]}…",
                                "delete that entry from the cache and run again to fetch it")
+
+    def verified_path(self, sha256: str, what: str) -> Path:
+        """Path of a blob after re-hashing it; a changed entry is refused."""
+        p = self._present(sha256, what)
+        self._check(p, sha256, sha256_file(p), what)
         return p
 
     def get_bytes(self, sha256: str, what: str) -> bytes:
-        p = self.verified_path(sha256, what)
+        """A blob's bytes, hashed once as read (the bytes returned are the bytes checked)."""
+        p = self._present(sha256, what)
         data = p.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:  # changed between check and read
-            raise CCBuildError("store entry changed while reading", what)
+        self._check(p, sha256, hashlib.sha256(data).hexdigest(), what)
         return data
 
     # -- refs: small JSON records naming blobs -------------------------------------------------

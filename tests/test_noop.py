@@ -201,19 +201,19 @@ def _deb() -> bytes:
 @pytest.fixture
 def deb_store(tmp_path, monkeypatch):
     """A private store holding a small .deb (pinned by sha256) and a counter of the blobs
-    re-hashed through Store.verified_path."""
+    re-hashed and compared with their name (Store._check, behind verified_path and get_bytes)."""
     from builder.recipe import Source
     from builder.sources.resolve import ResolveOptions
     from builder.store import Store
     store = Store.open(tmp_path / "store")
     pin = store.put_bytes(_deb())
     verified: list[str] = []
-    real = Store.verified_path
+    real = Store._check
 
-    def counting(self, sha256, what):
+    def counting(p, sha256, actual, what):
         verified.append(sha256)
-        return real(self, sha256, what)
-    monkeypatch.setattr(Store, "verified_path", counting)
+        return real(p, sha256, actual, what)
+    monkeypatch.setattr(Store, "_check", staticmethod(counting))
     src = Source(debian="linux-image-test", version="1.0", suite="trixie", member=MEMBER,
                  sha256=pin)
     opts = ResolveOptions(store, tmp_path, offline=True)
