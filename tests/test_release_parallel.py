@@ -155,18 +155,31 @@ def test_sequential_and_parallel_releases_are_byte_identical(recipes, key, tmp_p
 def seeded(recipes, tmp_path):
     """A private store seeded from the shared one, and the AmdSev firmware stage evicted from
     it and locked by this test (as if another process were building it): (store, release of
-    the lock, put the stage back)."""
+    the lock, put the stage back). A store used before may hold the stage under more than one
+    key (the toolchain's identity is part of it: another PATH, another key); every one of them
+    is evicted and locked, so the key this release computes is among them."""
     from builder.store import default_root, seed_store
     store = seed_store(default_root(), tmp_path / "store")
     refs = store.root / "refs" / "firmware-build"
-    amdsev = [p for p in refs.iterdir() if json.loads(p.read_text()).get("name") == "amdsev"]
-    assert len(amdsev) == 1, list(refs.iterdir())
-    saved = amdsev[0].read_bytes()
-    amdsev[0].unlink()
-    lock = store.lock("firmware-build", amdsev[0].stem)
-    assert lock.try_acquire()
-    yield store, lock.release, lambda: amdsev[0].write_bytes(saved)
-    lock.release()
+    amdsev = [p for p in sorted(refs.iterdir())
+              if json.loads(p.read_text()).get("name") == "amdsev"]
+    assert amdsev, list(refs.iterdir())
+    saved = {p: p.read_bytes() for p in amdsev}
+    locks = []
+    for p in amdsev:
+        p.unlink()
+        locks.append(store.lock("firmware-build", p.stem))
+        assert locks[-1].try_acquire()
+
+    def release():
+        for lk in locks:
+            lk.release()
+
+    def put_back():
+        for p, data in saved.items():
+            p.write_bytes(data)
+    yield store, release, put_back
+    release()
 
 
 def _start(args: list[str], store, mark: str, cwd: Path) -> subprocess.Popen:
