@@ -39,6 +39,7 @@ from builder.safeyaml import load_yaml
 from builder.schema import Ctx, SchemaError, build, doc, join, render_reference, short
 from builder.sources.debian import fetch_source
 from builder.stages.cached import cached_stage
+from builder.store import sha256_file
 
 # Bump when build_edk2 changes in a way that could change the output bytes.
 # 2: the constant-length workspace path (see _fixed_length_workspace).
@@ -309,14 +310,6 @@ def cache_key(desc: FirmwareBuild, tarball_sha256s: Mapping[str, str],
 
 
 # -- build ---------------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def changelog_epoch(changelog: Path) -> int:
     """SOURCE_DATE_EPOCH as Debian derives it: the date of the changelog's first entry."""
     try:
@@ -392,7 +385,7 @@ def build_edk2(desc: FirmwareBuild, tarballs: Mapping[str, Path], workdir: Path,
         p = tarballs.get(name)
         if p is None:
             raise CCBuildError(f"tarball {name} was not supplied", where)
-        actual = _sha256_file(Path(p))
+        actual = sha256_file(Path(p))
         if actual != digest:
             raise CCBuildError(f"sha256 mismatch: got {actual}, pinned {digest}", name,
                                "the input changed; re-pin it if the change is expected")
