@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from builder import deps
 from builder.errors import CCBuildError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -91,6 +92,7 @@ def open_regular(path: str | os.PathLike, kind: str = "file", where: str | None 
             raise CCBuildError(f"{kind} is too large ({st.st_size} bytes, limit {_human(cap)})", shown)
         os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")
+        deps.note_file(path, st)   # an input of the build being recorded (builder.deps)
     except BaseException:
         os.close(fd)
         raise

@@ -313,7 +313,8 @@ def _build_one(name: str, recipe, options: ReleaseOptions, out: Path, jobs: int)
                                               locked=options.locked,
                                               allow_outside=options.allow_outside,
                                               store_root=options.store_root, jobs=jobs,
-                                              sign_key=options.sign_key))
+                                              sign_key=options.sign_key,
+                                              recheck=True, keep_record=False))   # a new OUT
     finally:
         log.set_tag(None)
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from builder import log
+from builder import deps, log
 from builder.errors import CCBuildError
 
 #: The Debian package that provides each external tool ccbuild (or a build it drives) runs: a
@@ -48,7 +48,7 @@ _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 def _executable(tool: str) -> str:
     """``tool`` as given, or its path in an sbin directory when it is a bare name that is not on
     PATH but is there (an ordinary user's PATH has no sbin)."""
-    if os.sep in tool or shutil.which(tool):
+    if os.sep in tool or deps.which(tool):   # noted: a tool that appears on PATH changes this
         return tool
     return shutil.which(tool, path=_SBIN) or tool
 
@@ -163,16 +163,11 @@ def _tool_key(argv: list[str], pattern: str | None) -> str | None:
     None when it cannot be found (tool_version then runs it and reports it missing)."""
     import hashlib
     import json
-    exe = shutil.which(_executable(str(argv[0])))
-    if exe is None:
+    found = deps.which(_executable(str(argv[0])))
+    if found is None:
         return None
-    try:
-        real = os.path.realpath(exe)
-        st = os.stat(real)
-    except OSError:
-        return None
-    ident = [[str(a) for a in argv], pattern, exe, real, st.st_size, st.st_mtime_ns, st.st_ino,
-             st.st_dev, st.st_ctime_ns]
+    exe, real, size, mtime, ino, dev, ctime = found
+    ident = [[str(a) for a in argv], pattern, exe, real, size, mtime, ino, dev, ctime]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
 

@@ -79,8 +79,13 @@ class Store:
     root: Path
 
     @classmethod
+    def at(cls, root: Path | str | None = None) -> "Store":
+        """The store at ``root`` (default :func:`default_root`), as it is: nothing created."""
+        return cls(Path(root).expanduser() if root else default_root())
+
+    @classmethod
     def open(cls, root: Path | str | None = None) -> "Store":
-        r = Path(root).expanduser() if root else default_root()
+        r = cls.at(root).root
         try:
             for sub in ("blobs/sha256", "refs", "logs", "tmp"):
                 (r / sub).mkdir(parents=True, exist_ok=True)
@@ -160,11 +165,11 @@ class Store:
         return data
 
     # -- refs: small JSON records naming blobs -------------------------------------------------
-    def _ref_path(self, namespace: str, key: str) -> Path:
+    def ref_path(self, namespace: str, key: str) -> Path:
         return self.root / "refs" / namespace / f"{_safe_name(key)}.json"
 
     def get_ref(self, namespace: str, key: str) -> dict | None:
-        p = self._ref_path(namespace, key)
+        p = self.ref_path(namespace, key)
         try:
             rec = json.loads(p.read_text())
         except FileNotFoundError:
@@ -175,7 +180,7 @@ class Store:
 
     def set_ref(self, namespace: str, key: str, record: dict) -> None:
         rec = dict(record, key=key)
-        atomic_write(self._ref_path(namespace, key), json.dumps(rec, sort_keys=True).encode())
+        atomic_write(self.ref_path(namespace, key), json.dumps(rec, sort_keys=True).encode())
 
     # -- locks: one build of a key at a time, across processes -----------------------------------
     def lock(self, namespace: str, key: str) -> "StoreLock":

@@ -1,5 +1,5 @@
 """`ccbuild build RECIPE [-o OUT] [--set KEY=VALUE] [--offline] [--locked] [--json] [-f]
-[--allow-outside]`."""
+[--allow-outside] [--recheck]`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def register(sub) -> None:
                    "~/.cache/ccbuild)")
     p.add_argument("--sign-key", type=Path, metavar="PEM",
                    help="ECDSA private key: sign manifest.json into manifest.json.sig")
+    p.add_argument("--recheck", action="store_true",
+                   help="run every step even when the record of the last build shows that "
+                   "nothing changed (see 'Up to date' in the README)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +42,8 @@ def run(args) -> int:
                                           offline=args.offline, locked=args.locked,
                                           force=args.force, allow_outside=args.allow_outside,
                                           store_root=args.cache,
-                                          jobs=args.jobs, sign_key=args.sign_key))
+                                          jobs=args.jobs, sign_key=args.sign_key,
+                                          recheck=args.recheck))
     if args.json:
         json.dump(res.summary(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

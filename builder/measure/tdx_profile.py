@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from builder import deps
 from builder.inputs import MiB, is_within, read_regular
 from builder.measure.tdx import TdxParams
 from builder.measure.tdx_events import (Event, EventType, ovmf_boot_manager_menu_option,
@@ -171,7 +172,8 @@ def memory_bytes(ctx: Ctx, v: int | str, where: str = "memory") -> int:
 def resolve_profile(name_or_path: str) -> Path:
     """A profile path, or a bare name looked up in the shipped profiles (:data:`PROFILE_DIR`)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists() or not re.fullmatch(PROFILE_NAME, name_or_path):
+    if p.suffix in (".yaml", ".yml") or deps.exists(p) or \
+            not re.fullmatch(PROFILE_NAME, name_or_path):
         return p
     return PROFILE_DIR / f"{name_or_path}.yaml"
 

@@ -16,12 +16,11 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from builder import __version__
+from builder import __version__, deps
 from builder.errors import CCBuildError, FormatError
 from builder.formats.bytesreader import take, u16, u32, u64
 from builder.run import run, tool_version
@@ -82,7 +81,7 @@ def _clean_env() -> dict[str, str]:
 def find_compiler(preferred: str | None = None) -> str:
     """The compiler to use: ``preferred`` if given, else the first of :data:`COMPILERS` found."""
     for name in ((preferred,) if preferred else COMPILERS):
-        if shutil.which(name):
+        if deps.which(name):
             return name
     raise CCBuildError(f"no C compiler found (tried {', '.join((preferred,) if preferred else COMPILERS)})",
                        hint="install musl-tools (preferred) or gcc")
@@ -94,7 +93,7 @@ def toolchain_identity(compiler: str) -> str:
     Everything here goes into the cache key: a different toolchain may give different bytes."""
     lines = [tool_version([compiler, "--version"], what="the agent build")]
     ld = tool_version([compiler, "-print-prog-name=ld"])
-    if ld and shutil.which(ld):
+    if ld and deps.which(ld):
         lines.append(tool_version([ld, "--version"]))
     if "musl" in Path(compiler).name:
         lines.append(_musl_version())
@@ -104,7 +103,7 @@ def toolchain_identity(compiler: str) -> str:
 def _musl_version() -> str:
     """musl's dynamic loader prints its version when run without arguments (exit status 1)."""
     loader = Path(f"/lib/ld-musl-{platform.machine()}.so.1")
-    if not loader.exists():
+    if not deps.exists(loader):
         return "musl (version unknown)"
     line = tool_version([str(loader)], r"^Version ")
     return "musl " + line.split()[1] if line.startswith("Version ") else "musl (version unknown)"

@@ -24,7 +24,6 @@ changes how it builds). The build log is ``logs/kernel-<key>.log`` in the store.
 from __future__ import annotations
 
 import email.utils
-import functools
 import hashlib
 import json
 import re
@@ -144,9 +143,10 @@ def _version_line(argv: list[str]) -> str:
     return tool_version(argv, what="kernel build")
 
 
-@functools.lru_cache(maxsize=1)
 def toolchain_versions() -> dict[str, str]:
-    """Versions of the tools whose behaviour reaches the bzImage."""
+    """Versions of the tools whose behaviour reaches the bzImage (tool_version remembers each
+    by the binary's identity, so asking again runs nothing and notes the lookup for the
+    up-to-date record)."""
     return {t: _version_line([t, "--version"])
             for t in ("gcc", "ld", "make", "flex", "bison", "perl", "xz", "tar")}
 

@@ -138,7 +138,8 @@ def rebuild_and_compare(recipe: str | Path, out_path: str | Path, share_cache: b
         store = store_root if share_cache else tmp / "cache"
         res = build(recipe, BuildOptions(out=tmp / "out", overrides=tuple(overrides),
                                          offline=offline, store_root=store, jobs=jobs,
-                                         allow_outside=allow_outside))
+                                         allow_outside=allow_outside,
+                                         recheck=True, keep_record=False))
         v.add(Check("rebuild", INFO, "with the shared cache" if share_cache
                     else "with a fresh, empty cache (every input fetched and built again)"))
         v.add(*compare_files(out, res.files))

@@ -1,0 +1,87 @@
+"""What a build consults outside its store: the files it reads, the paths it looks for and the
+tools it looks up on PATH.
+
+While :func:`recording` is open, :func:`builder.inputs.open_regular` notes every file it opens,
+:func:`exists` every path probed, and :func:`which` every tool lookup (found or not). The
+up-to-date record (:mod:`builder.uptodate`) keeps these so that a later build can tell, without
+running a stage, that nothing it depends on has changed. Stdlib only: the record's check imports
+this module and not the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass
+class Consulted:
+    """Everything one build consulted (the store's own files among them: the record sorts
+    those out, :func:`builder.uptodate.save`)."""
+    files: dict[str, tuple] = field(default_factory=dict)     # abspath -> identity when opened
+    probes: dict[str, bool] = field(default_factory=dict)     # abspath -> existed
+    tools: dict[str, list | None] = field(default_factory=dict)   # name -> identity or None
+
+
+_active: list[Consulted] = []
+
+
+@contextmanager
+def recording() -> Iterator[Consulted]:
+    """Note what the code inside consults (nested recordings: the innermost one notes)."""
+    c = Consulted()
+    _active.append(c)
+    try:
+        yield c
+    finally:
+        _active.remove(c)
+
+
+def file_identity(st: os.stat_result) -> tuple:
+    """What changes when a file is replaced or written (git's index uses the same fields)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def note_file(path: str | os.PathLike, st: os.stat_result) -> None:
+    """A file was opened for reading; ``st`` is its fstat (called by open_regular)."""
+    if not _active:
+        return
+    _active[-1].files.setdefault(os.path.abspath(os.fspath(path)), file_identity(st))
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """``os.path.exists``, noted: a path a build looks for and does not find is an input too
+    (it would change the build when it appears)."""
+    p = os.path.abspath(os.fspath(path))
+    there = os.path.exists(p)
+    if _active:
+        _active[-1].probes.setdefault(p, there)
+    return there
+
+
+def tool_identity(name: str) -> list | None:
+    """[path on PATH, resolved path, size, mtime, inode, device, ctime] of the executable
+    ``name`` resolves to now, or None."""
+    import shutil
+    exe = shutil.which(name)
+    if exe is None:
+        return None
+    try:
+        real = os.path.realpath(exe)
+        st = os.stat(real)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [exe, real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns]
+
+
+def which(name: str) -> list | None:
+    """:func:`tool_identity`, noted (a tool that is not found is noted as missing)."""
+    ident = tool_identity(name)
+    if _active:
+        _active[-1].tools.setdefault(name, ident)
+    return ident
