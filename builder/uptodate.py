@@ -33,6 +33,7 @@ from builder.inputs import MiB, open_regular
 SCHEME = 1
 NAMESPACE = "uptodate"
 RECORD_LIMIT = 4 * MiB      # the record's own size (a few KiB in practice)
+MAX_RECORDS = 256           # the newest records kept (one per recipe, OUT and options)
 _CHUNK = 1 << 20
 
 
@@ -263,6 +264,26 @@ def save(store, key: str, consulted: deps.Consulted, out: Path, name: str, platf
     try:
         if _read_record(store, key) != dict(rec, key=key):
             store.set_ref(NAMESPACE, key, rec)
+            _prune(store.ref_path(NAMESPACE, key).parent)
     except OSError:
         return False
     return True
+
+
+def _prune(d: Path) -> None:
+    """Keep the :data:`MAX_RECORDS` newest records: every build into a new OUT (a test, a
+    temporary directory) adds one, and a record is only ever a shortcut. Only regular files
+    named like a record are removed."""
+    entries = []
+    with os.scandir(d) as it:
+        for e in it:
+            if e.name.endswith(".json") and _hex64(e.name[:-5]) and e.is_file(follow_symlinks=False):
+                try:
+                    entries.append((e.stat(follow_symlinks=False).st_mtime_ns, e.name))
+                except OSError:
+                    pass
+    for _, name in sorted(entries)[:max(0, len(entries) - MAX_RECORDS)]:
+        try:
+            os.unlink(d / name)
+        except OSError:
+            pass

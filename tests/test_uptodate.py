@@ -223,6 +223,24 @@ def test_a_huge_or_special_record_file_is_a_miss(rstore, tmp_path):
     assert uptodate.check(rstore, key)[0] is None
 
 
+def test_only_the_newest_records_are_kept_and_nothing_else_is_touched(rstore, tmp_path,
+                                                                       monkeypatch):
+    from builder import uptodate
+    monkeypatch.setattr(uptodate, "MAX_RECORDS", 3)
+    d = rstore.ref_path(uptodate.NAMESPACE, "0" * 64).parent
+    d.mkdir(parents=True)
+    (d / "notes.json").write_text("mine")              # not a record's name
+    os.mkdir(d / ("9" * 64 + ".json"))                  # not a regular file
+    keys = [c * 64 for c in "abcdef"]
+    for i, k in enumerate(keys):
+        _record(rstore, tmp_path, lambda: None, key=k)
+        os.utime(rstore.ref_path(uptodate.NAMESPACE, k), ns=(i * 10**9, i * 10**9))
+    names = sorted(p.name for p in d.iterdir())
+    assert names == sorted(["notes.json", "9" * 64 + ".json"] +
+                           [k + ".json" for k in keys[-3:]])
+    assert uptodate.check(rstore, keys[-1])[0] is not None
+
+
 def test_the_code_digest_follows_every_package_file_but_not_bytecode(tmp_path):
     """A copy of the package: editing one module changes the digest, a __pycache__ does not."""
     shutil.copytree(REPO / "builder", tmp_path / "builder", symlinks=False,

@@ -320,6 +320,12 @@ def test_wheel_installed_by_an_ordinary_user_builds_root_s_bytes(recipe_file, st
         _run([ccbuild, "build", "recipes/snp.yaml", "-o", out_user], user=user, env=env,
              cwd=repo_ro)
         timings["ordinary-user build"] = time.monotonic() - t
+        t = time.monotonic()   # again: the up-to-date record (code digest of the installed wheel)
+        again = _run([ccbuild, "build", "recipes/snp.yaml", "-o", out_user], user=user,
+                     env=dict(env, CCBUILD_PROGRESS="lines"), cwd=repo_ro).stderr.decode()
+        assert "(cache hit: nothing changed since the last build)" in again, again
+        assert "step firmware" not in again and "up to date (nothing changed)" in again, again
+        timings["ordinary-user no-op"] = time.monotonic() - t
         t = time.monotonic()
         lock = _run([ccbuild, "lock", "recipes/snp.yaml"], user=user, env=env, cwd=repo_ro)
         timings["ordinary-user lock"] = time.monotonic() - t
