@@ -131,8 +131,9 @@ def _emit(event: dict, text: str) -> None:
         if _state["tag"]:
             event = {**event, "recipe": _state["tag"]}
         _line(json.dumps(event, sort_keys=True, ensure_ascii=True))
-    else:
-        _line(f"ccbuild: {_tagged(text)}")
+    else:   # one line whatever a name in it holds (a path with a newline, a control character)
+        from builder.errors import printable
+        _line(f"ccbuild: {printable(_tagged(text))}")
 
 
 def _duration(s: float) -> str:

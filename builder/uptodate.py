@@ -183,6 +183,15 @@ def _read_record(store, key: str):
     return rec if isinstance(rec, dict) and rec.get("key") == key and _valid(rec) else None
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user named it)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
 def check(store, key: str) -> tuple[Hit | None, str]:
     """(Hit, "") when everything the recorded build consulted is as it was and OUT holds what
     it wrote; else (None, why the build must run)."""
@@ -194,10 +203,10 @@ def check(store, key: str) -> tuple[Hit | None, str]:
             return None, f"tool {name} changed" if ident else f"tool {name} appeared"
     for path, there in rec["probes"]:
         if os.path.exists(path) != there:
-            return None, f"{path} {'disappeared' if there else 'appeared'}"
+            return None, f"{_shown(path)} {'disappeared' if there else 'appeared'}"
     for path, real, size, digest in rec["files"]:
         if os.path.realpath(path) != real or _digest_file(path, size, False)[0] != digest:
-            return None, f"{path} changed"
+            return None, f"{_shown(path)} changed"
     for name, ident in rec["libraries"].items():
         if _library_now(name) != ident:
             return None, f"library {name} changed"

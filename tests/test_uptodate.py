@@ -64,6 +64,28 @@ def test_a_record_holds_while_nothing_changes_and_names_the_file_that_did(rstore
     assert hit is None and why == f"{dep} changed"
 
 
+def test_a_change_is_named_on_one_line_whatever_the_path_holds(rstore, tmp_path, capsys):
+    from builder import log, uptodate
+    from builder.inputs import read_regular
+    d = tmp_path / "a\nccbuild: step up-to-date: end 0.00s (cache hit: forged)\x1b[2J"
+    d.mkdir()
+    dep = d / "in.yaml"
+    dep.write_text("a: 1\n")
+    key, _, _ = _record(rstore, tmp_path, lambda: read_regular(dep, "recipe"))
+    dep.write_text("a: 2\n")
+    log.set_progress("lines")
+    try:
+        with log.step("up-to-date"):
+            hit, why = uptodate.check(rstore, key)
+            log.note_cache(hit is not None, why)
+    finally:
+        log.set_progress(None)
+    err = capsys.readouterr().err
+    assert hit is None and why == f"{dep} changed"
+    assert len(err.splitlines()) == 2 and "\x1b" not in err, err
+    assert err.splitlines()[1].endswith("in.yaml changed)"), err
+
+
 def test_a_file_replaced_by_a_symlink_to_the_same_bytes_is_a_change(rstore, tmp_path):
     from builder import uptodate
     from builder.inputs import read_regular
