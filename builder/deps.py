@@ -14,14 +14,17 @@ import os
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @dataclass
 class Consulted:
     """Everything one build consulted (the store's own files among them: the record sorts
     those out, :func:`builder.uptodate.save`)."""
-    files: dict[str, tuple] = field(default_factory=dict)     # abspath -> identity when opened
+    # abspath -> [resolved path when opened, size, SHA-256 of the bytes read]; size and digest
+    # stay None for a file opened and streamed by a reader that does not report its bytes
+    files: dict[str, list] = field(default_factory=dict)
+    conflicts: set[str] = field(default_factory=set)          # read twice, two contents
     probes: dict[str, bool] = field(default_factory=dict)     # abspath -> existed
     tools: dict[str, list | None] = field(default_factory=dict)   # name -> identity or None
 
@@ -45,11 +48,29 @@ def file_identity(st: os.stat_result) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def note_file(path: str | os.PathLike, st: os.stat_result) -> None:
-    """A file was opened for reading; ``st`` is its fstat (called by open_regular)."""
+def note_open(path: str | os.PathLike) -> None:
+    """A file was opened for reading (called by open_regular)."""
+    if _active:
+        p = os.path.abspath(os.fspath(path))
+        _active[-1].files.setdefault(p, [os.path.realpath(p), None, None])
+
+
+def recording_now() -> bool:
+    return bool(_active)
+
+
+def note_read(path: str | os.PathLike, size: int, sha256: str) -> None:
+    """The bytes a reader took from ``path``: their size and SHA-256 (read_regular, path
+    sources). The record holds exactly these, so a file changed after it was read is seen."""
     if not _active:
         return
-    _active[-1].files.setdefault(os.path.abspath(os.fspath(path)), file_identity(st))
+    c = _active[-1]
+    p = os.path.abspath(os.fspath(path))
+    entry = c.files.setdefault(p, [os.path.realpath(p), None, None])
+    if entry[2] is None:
+        entry[1:] = [size, sha256]
+    elif entry[2] != sha256:
+        c.conflicts.add(p)
 
 
 def exists(path: str | os.PathLike) -> bool:

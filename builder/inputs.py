@@ -15,7 +15,8 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from io import BufferedReader
 
 from builder import deps
 from builder.errors import CCBuildError
@@ -72,7 +73,7 @@ def _human(n: int) -> str:
 
 @contextmanager
 def open_regular(path: str | os.PathLike, kind: str = "file", where: str | None = None,
-                 limit: int | None = None) -> Iterator[tuple[BinaryIO, int]]:
+                 limit: int | None = None) -> Iterator[tuple[BufferedReader, int]]:
     """Open a regular file for reading; yields ``(file, size)``. Refuses anything else, and any
     file above the kind's cap, with a one-line :class:`CCBuildError` naming ``where``."""
     shown = where or str(path)
@@ -92,7 +93,7 @@ def open_regular(path: str | os.PathLike, kind: str = "file", where: str | None 
             raise CCBuildError(f"{kind} is too large ({st.st_size} bytes, limit {_human(cap)})", shown)
         os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")
-        deps.note_file(path, st)   # an input of the build being recorded (builder.deps)
+        deps.note_open(path)   # an input of the build being recorded (builder.deps)
     except BaseException:
         os.close(fd)
         raise
@@ -122,7 +123,11 @@ def read_regular(path: str | os.PathLike, kind: str = "file", where: str | None 
             raise CCBuildError(f"cannot read {kind} ({e.strerror or e})", shown) from None
     if total > cap:
         raise CCBuildError(f"{kind} is too large (more than {_human(cap)})", shown)
-    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    if deps.recording_now():
+        import hashlib
+        deps.note_read(path, len(data), hashlib.sha256(data).hexdigest())
+    return data
 
 
 def decode_utf8(data: bytes, kind: str, where: str) -> str:

@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 _state = {"verbose": False, "debug": False, "quiet": False, "progress": None, "tag": None}
 MODES = ("bars", "heartbeat", "lines", "json", "off")

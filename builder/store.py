@@ -24,7 +24,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ def sha256_file(path: Path) -> str:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never part."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -102,6 +102,7 @@ class Store:
         return self.blob_path(sha256).is_file()
 
     def tmpdir(self) -> Path:
+        import tempfile
         return Path(tempfile.mkdtemp(prefix="work-", dir=self.root / "tmp"))
 
     def put_bytes(self, data: bytes) -> str:
@@ -121,6 +122,7 @@ class Store:
         p = self.blob_path(digest)
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile
             fd, tmp = tempfile.mkstemp(prefix=".in.", dir=p.parent)
             os.close(fd)
             try:

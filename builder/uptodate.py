@@ -56,7 +56,7 @@ def code_digest() -> str:
     """SHA-256 over every file of the ``builder`` package (its name and bytes; bytecode
     caches left out): any change to ccbuild's code or data is a change."""
     from importlib import resources
-    root = Path(str(resources.files("builder")))
+    root = str(resources.files("builder"))
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -66,7 +66,7 @@ def code_digest() -> str:
             p = os.path.join(dirpath, f)
             with open(p, "rb") as fh:
                 data = fh.read()
-            rel = os.path.relpath(p, root).encode()
+            rel = p[len(root):].encode()   # os.walk joins onto root as given
             h.update(len(rel).to_bytes(4, "little") + rel + len(data).to_bytes(8, "little"))
             h.update(data)
     return h.hexdigest()
@@ -119,19 +119,16 @@ def _digest_file(path: str, size: int, keep: bool) -> tuple[str | None, bytes | 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None, None
+        if keep:   # one buffer of the expected size (plus a byte: did it grow?)
+            data = f.read(size + 1)
+            return (hashlib.sha256(data).hexdigest(), data) if len(data) == size else (None, None)
         h = hashlib.sha256()
-        chunks = []
+        buf = memoryview(bytearray(min(_CHUNK, size + 1)))
         got = 0
-        while chunk := f.read(min(_CHUNK, size + 1 - got)):   # one byte past size: it grew
-            h.update(chunk)
-            got += len(chunk)
-            if keep:
-                chunks.append(chunk)
-            if got > size:
-                break
-        if got != size:
-            return None, None
-    return h.hexdigest(), (b"".join(chunks) if keep else None)
+        while got <= size and (n := f.readinto(buf[:min(len(buf), size + 1 - got)])):
+            h.update(buf[:n])
+            got += n
+    return (h.hexdigest(), None) if got == size else (None, None)
 
 
 # -- the record ----------------------------------------------------------------------------------
@@ -242,29 +239,25 @@ def check(store, key: str) -> tuple[Hit | None, str]:
 
 def save(store, key: str, consulted: deps.Consulted, out: Path, name: str, platform: str,
          outputs: dict[str, str], sizes: dict[str, int]) -> bool:
-    """Record a finished build (``outputs``: OUT file -> SHA-256). Nothing is recorded when an
-    input changed while the build ran or lies inside OUT (then every build runs in full).
-    Best effort: a store that cannot be written keeps no record."""
+    """Record a finished build (``outputs``: OUT file -> SHA-256). Each input file is recorded
+    with the digest of the bytes the build read (:func:`builder.deps.note_read`), so a file
+    changed while the build ran misses next time. Nothing is recorded when a file was read
+    twice with two contents, lies inside OUT, or was streamed by a reader that does not report
+    its bytes (then every build runs in full). Best effort: a store that cannot be written keeps
+    no record."""
     from builder.store import default_root
     real_out = os.path.realpath(out)
     blobs = os.path.realpath(store.root / "blobs")
     tool_caches = {os.path.realpath(r / "tool-versions.json") for r in (store.root, default_root())}
+    if consulted.conflicts:
+        return False   # a file read twice changed in between
     files = []
-    for path, ident in sorted(consulted.files.items()):
-        real = os.path.realpath(path)
+    for path, (real, size, digest) in sorted(consulted.files.items()):
         if real.startswith(blobs + os.sep) or real in tool_caches:
             continue   # the store's own content-addressed or identity-keyed caches
-        if real == real_out or real.startswith(real_out + os.sep):
-            return False
-        try:
-            if deps.file_identity(os.stat(real)) != ident:
-                return False   # changed while the build ran
-        except OSError:
-            return False
-        digest, _ = _digest_file(path, ident[2], False)
-        if digest is None:
-            return False
-        files.append([path, real, ident[2], digest])
+        if real == real_out or real.startswith(real_out + os.sep) or digest is None:
+            return False   # an input inside OUT; bytes streamed past the record
+        files.append([path, real, size, digest])
     rec = {"scheme": SCHEME, "code": code_digest(), "libraries": loaded_libraries(),
            "tools": dict(sorted(consulted.tools.items())),
            "probes": [[p, t] for p, t in sorted(consulted.probes.items())],

@@ -138,7 +138,9 @@ def test_a_path_looked_for_and_not_found_is_watched(rstore, tmp_path):
     assert uptodate.check(rstore, key) == (None, f"{probe} appeared")
 
 
-def test_an_input_changed_while_building_leaves_no_record(rstore, tmp_path):
+def test_an_input_changed_while_building_is_recorded_as_read(rstore, tmp_path):
+    """The record holds the digest of the bytes the build read, not of the file afterwards:
+    a change made while the build ran is a change the next build sees."""
     from builder import uptodate
     from builder.inputs import read_regular
     dep = tmp_path / "in.yaml"
@@ -146,10 +148,48 @@ def test_an_input_changed_while_building_leaves_no_record(rstore, tmp_path):
 
     def consult():
         read_regular(dep, "recipe")
-        dep.write_text("a: 2\n")         # the build read the old bytes (same size)
+        dep.write_text("a: 2\n")         # same size, same second: after the build read it
     key, _, saved = _record(rstore, tmp_path, consult)
-    assert not saved
-    assert uptodate.check(rstore, key)[0] is None
+    assert saved
+    assert uptodate.check(rstore, key) == (None, f"{dep} changed")
+
+
+def test_a_file_read_twice_with_two_contents_leaves_no_record(rstore, tmp_path):
+    from builder import uptodate
+    from builder.inputs import read_regular
+    dep = tmp_path / "in.yaml"
+    dep.write_text("a: 1\n")
+
+    def consult():
+        read_regular(dep, "recipe")
+        dep.write_text("a: 2\n")
+        read_regular(dep, "recipe")
+    key, _, saved = _record(rstore, tmp_path, consult)
+    assert not saved and uptodate.check(rstore, key)[0] is None
+
+
+def test_a_path_source_is_recorded_with_the_bytes_it_gave(rstore, tmp_path):
+    from builder import uptodate
+    from builder.sources.path import read_path
+    dep = tmp_path / "agent.bin"
+    dep.write_bytes(b"\x7fELF" + bytes(100))
+    key, _, saved = _record(rstore, tmp_path, lambda: read_path(dep, None, "agent.source"))
+    rec = json.loads(rstore.ref_path(uptodate.NAMESPACE, key).read_text())
+    assert saved and [f[0] for f in rec["files"]] == [str(dep)]
+    assert uptodate.check(rstore, key)[0] is not None
+    dep.write_bytes(b"\x7fELF" + bytes(99) + b"\x01")
+    assert uptodate.check(rstore, key) == (None, f"{dep} changed")
+
+
+def test_a_file_streamed_without_its_bytes_reported_leaves_no_record(rstore, tmp_path):
+    from builder.inputs import open_regular
+    dep = tmp_path / "big.img"
+    dep.write_bytes(b"x" * 10)
+
+    def consult():
+        with open_regular(dep, "file") as (f, _):
+            f.read()
+    assert not _record(rstore, tmp_path, consult)[2]
 
 
 def test_an_input_inside_OUT_leaves_no_record(rstore, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from builder import deps
 from builder.errors import CCBuildError
 from builder.inputs import LIMITS, open_regular
 
@@ -21,6 +22,7 @@ def read_path(path: Path, sha256: str | None, where: str) -> bytes:
     except CCBuildError as e:
         raise CCBuildError(f"{e.what}: {path.name}", where, e.hint) from None
     digest = hashlib.sha256(data).hexdigest()
+    deps.note_read(path, len(data), digest)
     if sha256 and digest != sha256:
         raise CCBuildError(f"sha256 mismatch for {path.name}: file is {digest}, pinned {sha256}",
                            where, "the file changed; re-pin it if the change is expected")
