@@ -89,8 +89,9 @@ def loaded_libraries() -> dict[str, list | None]:
     for name, mod in list(sys.modules.items()):
         spec = getattr(mod, "__spec__", None)
         origin = getattr(spec, "origin", None)
-        if "." in name or name == "builder" or not isinstance(origin, str):
-            continue
+        if "." in name or name == "builder" or name.startswith("__") or \
+                not isinstance(origin, str):
+            continue   # __main__ (python -m X) is the program, not a library
         parts = Path(origin).parts
         if "site-packages" in parts or "dist-packages" in parts:
             out[name] = _origin_identity(origin)

@@ -340,6 +340,7 @@ def test_a_library_reinstalled_is_a_change(tmp_path, monkeypatch):
     try:
         libs = uptodate.loaded_libraries()
         assert libs["cclib_probe"][0] == str(init)
+        assert "__main__" not in libs and "builder" not in libs
         assert uptodate._library_now("cclib_probe") == libs["cclib_probe"]
         init.unlink()
         init.write_text("X = 2\n")      # pip writes a new file
