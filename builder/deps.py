@@ -26,7 +26,8 @@ class Consulted:
     files: dict[str, list] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)          # read twice, two contents
     probes: dict[str, bool] = field(default_factory=dict)     # abspath -> existed
-    tools: dict[str, list | None] = field(default_factory=dict)   # name -> identity or None
+    # (name, search path or None for PATH) -> identity or None (not found)
+    tools: dict[tuple[str, str | None], list | None] = field(default_factory=dict)
 
 
 _active: list[Consulted] = []
@@ -83,11 +84,11 @@ def exists(path: str | os.PathLike) -> bool:
     return there
 
 
-def tool_identity(name: str) -> list | None:
-    """[path on PATH, resolved path, size, mtime, inode, device, ctime] of the executable
-    ``name`` resolves to now, or None."""
+def tool_identity(name: str, path: str | None = None) -> list | None:
+    """[path found, resolved path, size, mtime, inode, device, ctime] of the executable
+    ``name`` resolves to now on PATH (or on ``path``), or None."""
     import shutil
-    exe = shutil.which(name)
+    exe = shutil.which(name, path=path)
     if exe is None:
         return None
     try:
@@ -100,9 +101,9 @@ def tool_identity(name: str) -> list | None:
     return [exe, real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns]
 
 
-def which(name: str) -> list | None:
+def which(name: str, path: str | None = None) -> list | None:
     """:func:`tool_identity`, noted (a tool that is not found is noted as missing)."""
-    ident = tool_identity(name)
+    ident = tool_identity(name, path)
     if _active:
-        _active[-1].tools.setdefault(name, ident)
+        _active[-1].tools.setdefault((name, path), ident)
     return ident

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,7 +49,8 @@ def _executable(tool: str) -> str:
     PATH but is there (an ordinary user's PATH has no sbin)."""
     if os.sep in tool or deps.which(tool):   # noted: a tool that appears on PATH changes this
         return tool
-    return shutil.which(tool, path=_SBIN) or tool
+    found = deps.which(tool, path=_SBIN)
+    return found[0] if found else tool
 
 
 def run(argv: list[str | os.PathLike], *, cwd: Path | None = None, env: dict | None = None,

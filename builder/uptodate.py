@@ -30,7 +30,7 @@ from builder import deps
 from builder.errors import CCBuildError
 from builder.inputs import MiB, open_regular
 
-SCHEME = 1
+SCHEME = 2
 NAMESPACE = "uptodate"
 RECORD_LIMIT = 4 * MiB      # the record's own size (a few KiB in practice)
 MAX_RECORDS = 256           # the newest records kept (one per recipe, OUT and options)
@@ -154,9 +154,11 @@ def _valid(rec) -> bool:
         ok = (rec["scheme"] == SCHEME and _hex64(rec["code"])
               and isinstance(rec["name"], str) and isinstance(rec["platform"], str)
               and isinstance(rec["out"], str) and rec["out"] != ""
-              and isinstance(rec["libraries"], dict) and isinstance(rec["tools"], dict)
+              and isinstance(rec["libraries"], dict)
               and all(n.isidentifier() for n in rec["libraries"])   # find_spec imports no parent
-              and all(v is None or isinstance(v, list) for v in rec["tools"].values())
+              and all(isinstance(t, list) and len(t) == 3 and isinstance(t[0], str)
+                      and (t[1] is None or isinstance(t[1], str))
+                      and (t[2] is None or isinstance(t[2], list)) for t in rec["tools"])
               and all(isinstance(f, list) and len(f) == 4 and isinstance(f[0], str)
                       and isinstance(f[1], str) and isinstance(f[2], int) and _hex64(f[3])
                       for f in rec["files"])
@@ -196,8 +198,8 @@ def check(store, key: str) -> tuple[Hit | None, str]:
     rec = _read_record(store, key)
     if rec is None:
         return None, "no record of an earlier build of this recipe with these options"
-    for name, ident in rec["tools"].items():
-        if deps.tool_identity(name) != ident:
+    for name, path, ident in rec["tools"]:
+        if deps.tool_identity(name, path) != ident:
             return None, f"tool {name} changed" if ident else f"tool {name} appeared"
     for path, there in rec["probes"]:
         if os.path.exists(path) != there:
@@ -260,7 +262,8 @@ def save(store, key: str, consulted: deps.Consulted, out: Path, name: str, platf
             return False   # an input inside OUT; bytes streamed past the record
         files.append([path, real, size, digest])
     rec = {"scheme": SCHEME, "code": code_digest(), "libraries": loaded_libraries(),
-           "tools": dict(sorted(consulted.tools.items())),
+           "tools": [[n, p, ident] for (n, p), ident in
+                     sorted(consulted.tools.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
            "probes": [[p, t] for p, t in sorted(consulted.probes.items())],
            "files": files, "out": str(out), "name": name, "platform": platform,
            "outputs": [[n, sizes[n], d] for n, d in sorted(outputs.items())]}

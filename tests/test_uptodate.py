@@ -129,6 +129,25 @@ def test_a_tool_that_changes_appears_or_leaves_PATH_is_a_change(rstore, tmp_path
     assert uptodate.check(rstore, key) == (None, "tool cc-missing-tool appeared")
 
 
+def test_a_tool_found_only_in_sbin_is_watched_there(rstore, tmp_path, monkeypatch):
+    """An ordinary user's PATH has no sbin: run finds mkfs.* there, and the record watches
+    that binary (and the tool appearing on PATH)."""
+    from builder import run, uptodate
+    sbin, bin_ = tmp_path / "sbin", tmp_path / "bin"
+    tool = _tool(sbin, "mkfs.cc-probe")
+    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
+    monkeypatch.setattr(run, "_SBIN", str(sbin))
+    key, _, _ = _record(rstore, tmp_path,
+                        lambda: run.run(["mkfs.cc-probe"]))
+    assert uptodate.check(rstore, key)[0] is not None
+    _tool(sbin, "mkfs.cc-probe", "echo 2.0")           # upgraded in place
+    assert uptodate.check(rstore, key) == (None, "tool mkfs.cc-probe changed")
+    key, _, _ = _record(rstore, tmp_path, lambda: run.run(["mkfs.cc-probe"]), key="n" * 64)
+    _tool(bin_, "mkfs.cc-probe")
+    assert uptodate.check(rstore, key) == (None, "tool mkfs.cc-probe appeared")
+    assert tool.exists()
+
+
 def test_a_path_looked_for_and_not_found_is_watched(rstore, tmp_path):
     from builder import deps, uptodate
     probe = tmp_path / "profile-name"
