@@ -72,8 +72,7 @@ def build(recipe_path: str | Path, options: BuildOptions = BuildOptions()) -> Bu
     with deps.recording() as consulted:
         res = pipeline.run(recipe_path, options, timings, t0)
     if options.keep_record:
-        uptodate.save(store, key, consulted, res.out, res.name, res.platform, res.digests,
-                      {n: len(b) for n, b in res.files.items()})
+        uptodate.save(store, key, consulted, res)
     return res
 
 

@@ -44,11 +44,6 @@ def recording() -> Iterator[Consulted]:
         _active.remove(c)
 
 
-def file_identity(st: os.stat_result) -> tuple:
-    """What changes when a file is replaced or written (git's index uses the same fields)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def note_open(path: str | os.PathLike) -> None:
     """A file was opened for reading (called by open_regular)."""
     if _active:

@@ -130,6 +130,26 @@ def read_regular(path: str | os.PathLike, kind: str = "file", where: str | None 
     return data
 
 
+def read_exact(path: str | os.PathLike, size: int) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file (not a symlink) of exactly ``size``
+    bytes, else None: never blocks on a FIFO, never reads past ``size`` (OUT's files, which
+    someone else may have replaced)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                     | os.O_NOCTTY)
+    except (OSError, ValueError):
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return None
+            data = f.read(size + 1)   # one buffer; a byte more tells that it grew
+    except OSError:
+        return None
+    return data if len(data) == size else None
+
+
 def decode_utf8(data: bytes, kind: str, where: str) -> str:
     """UTF-8 text, or an error naming the offset of the first invalid byte."""
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from builder import __version__, log
 from builder.emit import BuildView, run_emitters
 from builder.emit.manifest import Digests, dumps, make_manifest, sha256sums
 from builder.emit.outdir import check_out, write_outdir
+from builder.inputs import read_exact
 from builder.measurements import measure_recipe
 from builder.recipe import LoadedRecipe, load_recipe
 from builder.sources.resolve import ResolveOptions, Resolved, resolve
@@ -234,20 +234,8 @@ def _same_as_disk(out: Path, files: dict[str, bytes]) -> bool:
     """OUT already holds exactly ``files``: a real directory of regular files (never followed
     through a symlink, never read past the expected size)."""
     try:
-        if out.is_symlink() or not out.is_dir():
+        if out.is_symlink() or not out.is_dir() or set(os.listdir(out)) != set(files):
             return False
-        present = {p.name for p in out.iterdir()}
     except OSError:
         return False
-    if present != set(files):
-        return False
-    try:
-        for n, b in files.items():
-            fd = os.open(out / n, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode) or st.st_size != len(b) or f.read(len(b) + 1) != b:
-                    return False
-        return True
-    except OSError:
-        return False
+    return all(read_exact(out / n, len(b)) == b for n, b in files.items())

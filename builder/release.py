@@ -385,7 +385,7 @@ def _outcome(parent: int, name: str, recipe: str, options: ReleaseOptions, out: 
         res = _build_one(name, recipe, options, out, jobs)
         return ("ok", {"platform": res.platform, "up_to_date": res.up_to_date,
                        "timings": [(str(k), float(v)) for k, v in res.timings],
-                       "sums": {n: hashlib.sha256(b).hexdigest() for n, b in res.files.items()}})
+                       "sums": dict(res.digests)})   # the build's own digests
     except _Stopped:
         return None
     except CCBuildError as e:
@@ -539,7 +539,8 @@ def _read_back(out: Path, name: str, summary: dict):
     manifest = json.loads(files["manifest.json"])
     measurements = json.loads(files["measurements.json"])
     return BuildResult(out, name, summary["platform"], files, manifest, measurements,
-                       summary["up_to_date"], [tuple(t) for t in summary["timings"]])
+                       summary["up_to_date"], [tuple(t) for t in summary["timings"]],
+                       dict(summary["sums"]))
 
 
 def clean_stale(dist: Path) -> list[str]:

@@ -30,9 +30,10 @@ from pathlib import Path
 
 from builder.errors import CCBuildError
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")   # fullmatch: a SHA-256 in hex
 _CHUNK = 1 << 20
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+REF_LIMIT = 4 << 20           # a ref's own size (refs are small JSON; a bigger file is no ref)
 LOCK_TIMEOUT_ENV = "CCBUILD_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 4 * 3600.0     # seconds: longer than any stage's cold build on a small machine
 _held: set[str] = set()       # the lock files this process holds (a lock is not re-entrant)
@@ -139,7 +140,7 @@ class Store:
         return digest
 
     def _present(self, sha256: str, what: str) -> Path:
-        if not _HEX64.match(sha256 or ""):
+        if not SHA256_HEX.fullmatch(sha256 or ""):
             raise CCBuildError(f"not a sha256: {sha256!r}", what)
         p = self.blob_path(sha256)
         if not p.is_file():
@@ -171,13 +172,15 @@ class Store:
         return self.root / "refs" / namespace / f"{_safe_name(key)}.json"
 
     def get_ref(self, namespace: str, key: str) -> dict | None:
-        p = self.ref_path(namespace, key)
+        """The ref, or None when it is missing, damaged or foreign (a cache miss): read as a
+        regular file of at most :data:`REF_LIMIT` bytes, so a FIFO or a huge file in its place
+        neither blocks nor fills memory."""
+        from builder.inputs import read_regular
         try:
-            rec = json.loads(p.read_text())
-        except FileNotFoundError:
+            rec = json.loads(read_regular(self.ref_path(namespace, key), "ref", namespace,
+                                          limit=REF_LIMIT))
+        except (CCBuildError, ValueError):
             return None
-        except (OSError, ValueError):
-            return None  # a damaged ref is just a cache miss
         return rec if isinstance(rec, dict) and rec.get("key") == key else None
 
     def set_ref(self, namespace: str, key: str, record: dict) -> None:
@@ -192,20 +195,11 @@ class Store:
             raise ValueError(f"bad lock namespace {namespace!r}")   # a code bug
         name = f"{_safe_name(key)}.lock"
         shown = f"locks/{namespace}/{name}"
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dfd = self._subdir("locks", namespace, create=True)
         except OSError as e:
             raise _lock_error(shown, self.root, e) from None
         try:
-            for part in ("locks", namespace):
-                try:
-                    os.mkdir(part, 0o755, dir_fd=dfd)
-                except FileExistsError:
-                    pass
-                nfd = os.open(part, flags, dir_fd=dfd)
-                os.close(dfd)
-                dfd = nfd
             fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
                          os.O_CLOEXEC | os.O_NOCTTY, 0o644, dir_fd=dfd)
         except OSError as e:
@@ -222,6 +216,52 @@ class Store:
             raise CCBuildError("the store's lock file is not a regular file",
                                f"{shown} in {self.root}", "remove it")
         return StoreLock(fd, shown, f"{self.root}/{shown}")
+
+    def _subdir(self, *parts: str, create: bool = False) -> int:
+        """A descriptor of the directory ``root/parts...``, reached without following a symlink
+        below the root (each part made first with ``create``); OSError if it cannot be."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                if create:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=dfd)
+                    except FileExistsError:
+                        pass
+                nfd = os.open(part, flags, dir_fd=dfd)
+                os.close(dfd)
+                dfd = nfd
+        except BaseException:
+            os.close(dfd)
+            raise
+        return dfd
+
+    def prune_refs(self, namespace: str, keep: int) -> None:
+        """Keep the ``keep`` newest refs of ``namespace`` (by mtime); best effort. Only regular
+        files named like a ref of a SHA-256 key are removed, and never through a symlink."""
+        try:
+            dfd = self._subdir("refs", namespace)
+        except OSError:
+            return
+        try:
+            entries = []
+            for name in os.listdir(dfd):
+                if not (name.endswith(".json") and SHA256_HEX.fullmatch(name[:-5])):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    entries.append((st.st_mtime_ns, name))
+            for _, name in sorted(entries)[:max(0, len(entries) - keep)]:
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except OSError:
+                    pass
+        finally:
+            os.close(dfd)
 
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{re.sub(r'[^A-Za-z0-9._+-]', '_', name)}.log"

@@ -22,19 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder import deps
 from builder.errors import CCBuildError
-from builder.inputs import MiB, open_regular
+from builder.inputs import open_regular, read_exact
+from builder.store import SHA256_HEX
 
 SCHEME = 2
 NAMESPACE = "uptodate"
-RECORD_LIMIT = 4 * MiB      # the record's own size (a few KiB in practice)
 MAX_RECORDS = 256           # the newest records kept (one per recipe, OUT and options)
-_CHUNK = 1 << 20
 
 
 # -- what identifies the request and the code --------------------------------------------------
@@ -55,8 +54,8 @@ def request_key(recipe: str | os.PathLike, out: str | os.PathLike | None,
 def code_digest() -> str:
     """SHA-256 over every file of the ``builder`` package (its name and bytes; bytecode
     caches left out): any change to ccbuild's code or data is a change."""
-    from importlib import resources
-    root = str(resources.files("builder"))
+    import builder   # its directory (importlib.resources would cost the typing module here)
+    root = builder.__path__[0]
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -79,7 +78,7 @@ def _origin_identity(origin: str | None) -> list | None:
         st = os.stat(origin)
     except OSError:
         return None
-    return [origin, *deps.file_identity(st)]
+    return [origin, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def loaded_libraries() -> dict[str, list | None]:
@@ -108,44 +107,31 @@ def _library_now(name: str) -> list | None:
 
 
 # -- reading files for the check -----------------------------------------------------------------
-def _digest_file(path: str, size: int, keep: bool) -> tuple[str | None, bytes | None]:
-    """(SHA-256, bytes if ``keep``) of the regular file ``path`` if it has ``size`` bytes, else
-    (None, None). Never follows OUT's files through a symlink, never blocks on a FIFO."""
+def _file_sha256(path: str, size: int) -> str | None:
+    """SHA-256 of the regular file ``path`` when it still has ``size`` bytes, else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-                     | (os.O_NOFOLLOW if keep else 0))
-    except OSError:
-        return None, None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return None, None
-        if keep:   # one buffer of the expected size (plus a byte: did it grow?)
-            data = f.read(size + 1)
-            return (hashlib.sha256(data).hexdigest(), data) if len(data) == size else (None, None)
-        h = hashlib.sha256()
-        buf = memoryview(bytearray(min(_CHUNK, size + 1)))
-        got = 0
-        while got <= size and (n := f.readinto(buf[:min(len(buf), size + 1 - got)])):
-            h.update(buf[:n])
-            got += n
-    return (h.hexdigest(), None) if got == size else (None, None)
+        with open_regular(path, "file") as (f, now):
+            return hashlib.file_digest(f, "sha256").hexdigest() if now == size else None
+    except (CCBuildError, OSError):
+        return None
 
 
 # -- the record ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class Hit:
     """OUT as the record says it is: its files' bytes (each checked against its SHA-256) and
     digests, its manifest and measurements parsed."""
-
-    def __init__(self, out: Path, name: str, platform: str, files: dict[str, bytes],
-                 digests: dict[str, str], manifest: dict, measurements: dict):
-        self.out, self.name, self.platform = out, name, platform
-        self.files, self.digests = files, digests
-        self.manifest, self.measurements = manifest, measurements
+    out: Path
+    name: str
+    platform: str
+    files: dict[str, bytes]
+    digests: dict[str, str]
+    manifest: dict
+    measurements: dict
 
 
 def _hex64(v) -> bool:
-    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    return isinstance(v, str) and SHA256_HEX.fullmatch(v) is not None
 
 
 def _valid(rec) -> bool:
@@ -174,13 +160,8 @@ def _valid(rec) -> bool:
 
 
 def _read_record(store, key: str):
-    p = store.ref_path(NAMESPACE, key)
-    try:
-        with open_regular(p, "manifest", NAMESPACE, limit=RECORD_LIMIT) as (f, _size):
-            rec = json.loads(f.read(RECORD_LIMIT + 1))
-    except (CCBuildError, OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) and rec.get("key") == key and _valid(rec) else None
+    rec = store.get_ref(NAMESPACE, key)
+    return rec if rec is not None and _valid(rec) else None
 
 
 def _shown(path: str) -> str:
@@ -205,7 +186,7 @@ def check(store, key: str) -> tuple[Hit | None, str]:
         if os.path.exists(path) != there:
             return None, f"{_shown(path)} {'disappeared' if there else 'appeared'}"
     for path, real, size, digest in rec["files"]:
-        if os.path.realpath(path) != real or _digest_file(path, size, False)[0] != digest:
+        if os.path.realpath(path) != real or _file_sha256(path, size) != digest:
             return None, f"{_shown(path)} changed"
     for name, ident in rec["libraries"].items():
         if _library_now(name) != ident:
@@ -223,8 +204,8 @@ def check(store, key: str) -> tuple[Hit | None, str]:
         return None, f"{out} holds other files than the last build wrote"
     files = {}
     for name, size, digest in rec["outputs"]:
-        got, data = _digest_file(str(out / name), size, True)
-        if got != digest:
+        data = read_exact(out / name, size)
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
             return None, f"{out / name} differs from what the last build wrote"
         files[name] = data
     try:
@@ -240,24 +221,22 @@ def check(store, key: str) -> tuple[Hit | None, str]:
                {o[0]: o[2] for o in rec["outputs"]}, manifest, measurements), ""
 
 
-def save(store, key: str, consulted: deps.Consulted, out: Path, name: str, platform: str,
-         outputs: dict[str, str], sizes: dict[str, int]) -> bool:
-    """Record a finished build (``outputs``: OUT file -> SHA-256). Each input file is recorded
-    with the digest of the bytes the build read (:func:`builder.deps.note_read`), so a file
-    changed while the build ran misses next time. Nothing is recorded when a file was read
-    twice with two contents, lies inside OUT, or was streamed by a reader that does not report
-    its bytes (then every build runs in full). Best effort: a store that cannot be written keeps
-    no record."""
+def save(store, key: str, consulted: deps.Consulted, res) -> bool:
+    """Record the finished build ``res`` (a :class:`builder.build.BuildResult`). Each input file is recorded with the digest of the
+    bytes the build read (:func:`builder.deps.note_read`), so a file changed while the build
+    ran misses next time. Nothing is recorded when a file was read twice with two contents,
+    lies inside OUT, or was streamed by a reader that does not report its bytes (then every
+    build runs in full). Best effort: a store that cannot be written keeps no record."""
     from builder.store import default_root
-    real_out = os.path.realpath(out)
-    blobs = os.path.realpath(store.root / "blobs")
-    tool_caches = {os.path.realpath(r / "tool-versions.json") for r in (store.root, default_root())}
+    real_out = os.path.realpath(res.out)
+    store_root = os.path.realpath(store.root)
+    tool_cache = os.path.realpath(default_root() / "tool-versions.json")
     if consulted.conflicts:
         return False   # a file read twice changed in between
     files = []
     for path, (real, size, digest) in sorted(consulted.files.items()):
-        if real.startswith(blobs + os.sep) or real in tool_caches:
-            continue   # the store's own content-addressed or identity-keyed caches
+        if real.startswith(store_root + os.sep) or real == tool_cache:
+            continue   # the store's own caches, keyed by what the record already covers
         if real == real_out or real.startswith(real_out + os.sep) or digest is None:
             return False   # an input inside OUT; bytes streamed past the record
         files.append([path, real, size, digest])
@@ -265,31 +244,12 @@ def save(store, key: str, consulted: deps.Consulted, out: Path, name: str, platf
            "tools": [[n, p, ident] for (n, p), ident in
                      sorted(consulted.tools.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
            "probes": [[p, t] for p, t in sorted(consulted.probes.items())],
-           "files": files, "out": str(out), "name": name, "platform": platform,
-           "outputs": [[n, sizes[n], d] for n, d in sorted(outputs.items())]}
+           "files": files, "out": str(res.out), "name": res.name, "platform": res.platform,
+           "outputs": [[n, len(res.files[n]), d] for n, d in sorted(res.digests.items())]}
     try:
         if _read_record(store, key) != dict(rec, key=key):
             store.set_ref(NAMESPACE, key, rec)
-            _prune(store.ref_path(NAMESPACE, key).parent)
+            store.prune_refs(NAMESPACE, MAX_RECORDS)
     except OSError:
         return False
     return True
-
-
-def _prune(d: Path) -> None:
-    """Keep the :data:`MAX_RECORDS` newest records: every build into a new OUT (a test, a
-    temporary directory) adds one, and a record is only ever a shortcut. Only regular files
-    named like a record are removed."""
-    entries = []
-    with os.scandir(d) as it:
-        for e in it:
-            if e.name.endswith(".json") and _hex64(e.name[:-5]) and e.is_file(follow_symlinks=False):
-                try:
-                    entries.append((e.stat(follow_symlinks=False).st_mtime_ns, e.name))
-                except OSError:
-                    pass
-    for _, name in sorted(entries)[:max(0, len(entries) - MAX_RECORDS)]:
-        try:
-            os.unlink(d / name)
-        except OSError:
-            pass

@@ -34,6 +34,7 @@ def _record(rstore, tmp_path, consult, outputs=None, key="k" * 64):
     import hashlib
 
     from builder import deps, uptodate
+    from builder.build import BuildResult
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     outputs = outputs or {"manifest.json": b'{"outputs": [], "chain": {}}',
@@ -42,10 +43,9 @@ def _record(rstore, tmp_path, consult, outputs=None, key="k" * 64):
         (out / n).write_bytes(b)
     with deps.recording() as c:
         consult()
-    saved = uptodate.save(rstore, key, c, out, "r", "snp",
-                          {n: hashlib.sha256(b).hexdigest() for n, b in outputs.items()},
-                          {n: len(b) for n, b in outputs.items()})
-    return key, out, saved
+    res = BuildResult(out, "r", "snp", dict(outputs), {}, {}, False,
+                      digests={n: hashlib.sha256(b).hexdigest() for n, b in outputs.items()})
+    return key, out, uptodate.save(rstore, key, c, res)
 
 
 def test_a_record_holds_while_nothing_changes_and_names_the_file_that_did(rstore, tmp_path):
@@ -294,10 +294,11 @@ def test_a_record_of_other_code_is_a_miss(rstore, tmp_path):
 
 def test_a_huge_or_special_record_file_is_a_miss(rstore, tmp_path):
     from builder import uptodate
+    from builder.store import REF_LIMIT
     key, out, _ = _record(rstore, tmp_path, lambda: None)
     path = rstore.ref_path(uptodate.NAMESPACE, key)
     with open(path, "r+b") as f:
-        f.truncate(uptodate.RECORD_LIMIT + 1)              # sparse, never read
+        f.truncate(REF_LIMIT + 1)              # sparse, never read
     assert uptodate.check(rstore, key)[0] is None
     path.unlink()
     os.mkfifo(path)                                       # would block a plain open
